@@ -1,0 +1,45 @@
+# Two entry points for a fresh machine: `make demo` and `make test`. Both build .venv first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DEMO := demo
+DARKNET := .cache/darknet
+
+.PHONY: demo test venv darknet-photos clean
+
+venv: $(STAMP)
+
+# torch/torchvision: the versions pinned here are the ones pip finds on this machine's disk
+# (PyPI's torchvision only works beside torch 2.14.1 here); elsewhere pip fetches them.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "torch==2.14.1" "torchvision==0.29.1"
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+# Debian's darknet package carries the classic sample photos (dog, horses, giraffe, ...).
+# Only its data folder is unpacked (no install, no root); skipped quietly where apt is absent.
+darknet-photos:
+	@if [ ! -d /usr/share/darknet/data ] && [ ! -d $(DARKNET)/usr/share/darknet/data ] && command -v apt-get >/dev/null; then \
+		mkdir -p $(DARKNET) && cd $(DARKNET) && apt-get download darknet >/dev/null 2>&1 \
+		&& dpkg-deb -x darknet_*.deb . && rm -f darknet_*.deb \
+		|| echo "darknet photos not available; using scikit-image and matplotlib photos only"; \
+	fi
+
+demo: $(STAMP) darknet-photos
+	OBJSEARCH_DARKNET_DATA=$(DARKNET)/usr/share/darknet/data $(BIN)/objsearch samples $(DEMO)/photos
+	$(BIN)/objsearch index $(DEMO)/photos --index $(DEMO)/index
+	$(BIN)/objsearch info --index $(DEMO)/index
+	$(BIN)/objsearch query "dog" --index $(DEMO)/index -k 3
+	$(BIN)/objsearch query "cat" --index $(DEMO)/index -k 3
+	$(BIN)/objsearch query "a cup of coffee" --index $(DEMO)/index -k 3
+	$(BIN)/objsearch query "horse" --index $(DEMO)/index -k 5 --per-image --html $(DEMO)/horse.html
+	$(BIN)/objsearch query --image $(DEMO)/photos/skimage-chelsea.png --box 9,0,408,297 --index $(DEMO)/index -k 3 --html $(DEMO)/like-chelsea.html
+
+test: $(STAMP) darknet-photos
+	OBJSEARCH_DARKNET_DATA=$(CURDIR)/$(DARKNET)/usr/share/darknet/data $(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) $(DEMO) .cache .objsearch

@@ -1,0 +1,1 @@
+"""Benchmarks: each module prints measured figures; run `python -m benchmarks.<name>`."""

@@ -1,0 +1,1 @@
+"""The indexing application: discover files, decode them in worker processes, embed, write."""

@@ -1,0 +1,127 @@
+"""Walk folders for image files and compare them with what an index already holds."""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from objsearch.store.writer import ImageRecord
+
+logger = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
+
+
+@dataclass(frozen=True)
+class FileStat:
+    """An image file found on disk: absolute path, size in bytes, modification time in ns."""
+
+    path: str
+    file_size: int
+    mtime_ns: int
+
+
+@dataclass
+class Discovery:
+    files: list[FileStat] = field(default_factory=list)
+    unreadable_dirs: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+
+
+def _excluded(path: str, root: str, patterns: Sequence[str]) -> bool:
+    relative = os.path.relpath(path, root)
+    return any(fnmatch.fnmatch(relative, p) or fnmatch.fnmatch(os.path.basename(path), p) or fnmatch.fnmatch(path, p) for p in patterns)
+
+
+def discover(roots: Iterable[str | os.PathLike], exclude: Sequence[str] = ()) -> Discovery:
+    """Image files below ``roots`` (recursively, sorted), minus those matching an ``exclude`` glob.
+
+    A glob is matched against the path relative to its root, the file name and the absolute path.
+    Symlinked directories are not followed (no loops); symlinked files are. Directories that
+    cannot be listed are reported, not fatal.
+    """
+    found = Discovery()
+    seen: set[str] = set()
+    for root in roots:
+        root = os.path.abspath(root)
+        if os.path.isfile(root):
+            candidates = [root]
+        elif os.path.isdir(root):
+            candidates = []
+
+            def on_error(exc: OSError) -> None:
+                found.unreadable_dirs.append((exc.filename or "?", exc.strerror or str(exc)))
+                logger.warning("cannot read directory %s: %s", exc.filename, exc.strerror)
+
+            for folder, dirs, names in os.walk(root, onerror=on_error, followlinks=False):
+                dirs[:] = sorted(d for d in dirs if not _excluded(os.path.join(folder, d), root, exclude))
+                candidates += [os.path.join(folder, n) for n in sorted(names)]
+        else:
+            raise FileNotFoundError(root)
+        for path in candidates:
+            if Path(path).suffix.lower() not in IMAGE_EXTENSIONS or path in seen or _excluded(path, root, exclude):
+                continue
+            try:
+                stat = os.stat(path)
+            except OSError as exc:  # a dangling symlink, or removed while walking
+                logger.warning("cannot stat %s: %s", path, exc.strerror)
+                continue
+            seen.add(path)
+            found.files.append(FileStat(path, stat.st_size, stat.st_mtime_ns))
+    return found
+
+
+def content_hash(path: str) -> str:
+    """blake2b-128 hex digest of the file's bytes."""
+    digest = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass
+class IndexPlan:
+    """What a run must do. ``changed`` pairs a file with the record it replaces."""
+
+    new: list[FileStat] = field(default_factory=list)
+    changed: list[tuple[FileStat, ImageRecord]] = field(default_factory=list)
+    touched: list[tuple[FileStat, ImageRecord]] = field(default_factory=list)  # same bytes, new stat
+    deleted: list[ImageRecord] = field(default_factory=list)
+    unchanged: int = 0
+
+
+def plan(files: Sequence[FileStat], known: dict[str, ImageRecord], roots: Iterable[str | os.PathLike]) -> IndexPlan:
+    """Compare files on disk with the index: same size and mtime = unchanged; otherwise the
+    content hash decides between 'touched' (metadata only) and 'changed' (re-embed). Indexed files
+    under ``roots`` that are gone (or now excluded) are 'deleted'.
+    """
+    result = IndexPlan()
+    on_disk = {f.path for f in files}
+    for file in files:
+        record = known.get(file.path)
+        if record is None:
+            result.new.append(file)
+        elif (record.file_size, record.mtime_ns) == (file.file_size, file.mtime_ns):
+            result.unchanged += 1
+        elif record.file_size == file.file_size and _same_content(file.path, record.content_hash):
+            result.touched.append((file, record))
+        else:
+            result.changed.append((file, record))
+    prefixes = [os.path.abspath(r) for r in roots]
+    for path, record in known.items():
+        under_root = any(path == p or path.startswith(p.rstrip(os.sep) + os.sep) for p in prefixes)
+        if under_root and path not in on_disk:
+            result.deleted.append(record)
+    return result
+
+
+def _same_content(path: str, expected_hash: str) -> bool:
+    try:
+        return content_hash(path) == expected_hash
+    except OSError:
+        return False

@@ -1,0 +1,193 @@
+"""decode -> embed -> write: the indexing loop. Batched, resumable, with a progress bar.
+
+Decoding runs in worker processes a bounded distance ahead of the model, so file I/O and
+decoding overlap with inference and memory stays flat however large the collection. Work is
+committed every ``commit_every`` images; a run that is killed loses at most that much work, and
+the next run picks up exactly where the last commit left off.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import Counter, deque
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+from tqdm import tqdm
+
+from objsearch import schema
+from objsearch.embedders.base import ObjectEmbedder, load_embedder
+from objsearch.store.layout import EmbedderInfo, resolve_index_path
+from objsearch.store.writer import ImageRecord, IndexWriter
+from indexer.decode import DecodeResult, load_file
+from indexer.discover import FileStat, discover, plan
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class IndexOptions:
+    exclude: Sequence[str] = ()
+    batch_size: int = 8  # images per forward pass
+    workers: int = 0  # decoding processes; 0 = one per core, at most 4, none on a single core
+    commit_every: int = 64  # images per commit (the most a kill can lose)
+    max_pixels: int = 100_000_000  # larger images are skipped as likely decompression bombs
+    max_side: int = 1600  # images are downscaled to this many pixels a side for the model
+    progress: bool = True
+
+
+@dataclass
+class IndexSummary:
+    indexed: int = 0  # images embedded in this run
+    objects_added: int = 0
+    unchanged: int = 0
+    touched: int = 0  # same bytes, new mtime: metadata updated, nothing re-embedded
+    removed: int = 0  # files deleted from disk (or now excluded) and removed from the index
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    seconds: float = 0.0
+    stage_seconds: Counter = field(default_factory=Counter)  # decode_wait, embed, write
+
+    @property
+    def images_per_second(self) -> float:
+        return self.indexed / self.seconds if self.seconds else 0.0
+
+
+def index_folders(
+    roots: Iterable[str | os.PathLike],
+    index_path: str | os.PathLike | None = None,
+    *,
+    model: str = "bundled",
+    embedder: ObjectEmbedder | None = None,
+    options: IndexOptions | None = None,
+) -> IndexSummary:
+    """Bring the index at ``index_path`` up to date with the image files below ``roots``."""
+    options = options or IndexOptions()
+    roots = [os.path.abspath(r) for r in roots]
+    missing = [r for r in roots if not os.path.exists(r)]
+    if missing:
+        from objsearch.errors import ObjsearchError
+
+        raise ObjsearchError(f"no such file or folder: {', '.join(missing)}")
+    started = time.perf_counter()
+    summary = IndexSummary()
+    embedder = embedder or load_embedder(model)
+    info = EmbedderInfo(embedder.name, embedder.version, int(embedder.embed_dim), source=model)
+    with IndexWriter(resolve_index_path(index_path), info) as writer:
+        found = discover(roots, options.exclude)
+        summary.skipped += [(path, f"unreadable folder: {reason}") for path, reason in found.unreadable_dirs]
+        todo = plan(found.files, writer.known_images(), roots)
+        summary.unchanged = todo.unchanged
+        _apply_metadata_changes(writer, todo, summary)
+        replaces = {file.path: record.image_id for file, record in todo.changed}
+        work = todo.new + [file for file, _ in todo.changed]
+        logger.info("%d files: %d new, %d changed, %d unchanged, %d touched, %d deleted", len(found.files), len(todo.new), len(todo.changed), todo.unchanged, len(todo.touched), len(todo.deleted))
+        _embed_and_write(writer, embedder, work, replaces, options, summary)
+        writer.commit()
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def _apply_metadata_changes(writer: IndexWriter, todo, summary: IndexSummary) -> None:
+    writer.remove_images([record.image_id for record in todo.deleted])
+    for file, record in todo.touched:
+        writer.remove_images([record.image_id], keep_objects=True)
+        writer.add_image(ImageRecord(**{**record.__dict__, "file_size": file.file_size, "mtime_ns": file.mtime_ns}))
+    summary.removed, summary.touched = len(todo.deleted), len(todo.touched)
+    writer.commit()
+
+
+def _embed_and_write(writer, embedder, work: list[FileStat], replaces: dict[str, int], options: IndexOptions, summary: IndexSummary) -> None:
+    bar = tqdm(total=len(work), unit="img", desc="indexing", disable=not options.progress or not work)
+    since_commit = 0
+    try:
+        for batch in _batches(_decoded(work, options, summary), options.batch_size):
+            good = [r for r in batch if r.image is not None]
+            t0 = time.perf_counter()
+            detections = embedder.detect([r.image.pixels for r in good]) if good else []
+            summary.stage_seconds["embed"] += time.perf_counter() - t0
+            by_path = {r.file.path: d.scaled(1.0 / r.image.scale) for r, d in zip(good, detections)}
+            for result in batch:
+                if result.file.path in replaces:
+                    writer.remove_images([replaces[result.file.path]])
+                dets = by_path.get(result.file.path)
+                writer.add_image(_record(result), dets)
+                if result.error:
+                    summary.skipped.append((result.file.path, result.error))
+                    logger.warning("skipped %s: %s", result.file.path, result.error)
+                else:
+                    summary.indexed += 1
+                    summary.objects_added += len(dets)
+            since_commit += len(batch)
+            bar.update(len(batch))
+            if since_commit >= options.commit_every:
+                t0 = time.perf_counter()
+                writer.commit()
+                summary.stage_seconds["write"] += time.perf_counter() - t0
+                since_commit = 0
+    finally:
+        bar.close()
+
+
+def _record(result: DecodeResult) -> ImageRecord:
+    image = result.image
+    return ImageRecord(
+        path=result.file.path,
+        file_size=result.file.file_size,
+        mtime_ns=result.file.mtime_ns,
+        content_hash=result.content_hash,
+        width=image.width if image else None,
+        height=image.height if image else None,
+        status=schema.STATUS_ERROR if result.error else schema.STATUS_OK,
+        error=result.error,
+    )
+
+
+def _batches(items: Iterator, size: int) -> Iterator[list]:
+    batch: list = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def default_workers() -> int:
+    cores = os.cpu_count() or 1
+    return 0 if cores == 1 else min(4, cores)
+
+
+def _decoded(work: list[FileStat], options: IndexOptions, summary: IndexSummary) -> Iterator[DecodeResult]:
+    """Decode ``work`` in order, at most ``4 * batch_size`` files ahead of the consumer."""
+    workers = options.workers or default_workers()
+    args = (options.max_pixels, options.max_side)
+    if workers <= 0 or len(work) <= 1:
+        for file in work:
+            t0 = time.perf_counter()
+            result = load_file(file, *args)
+            summary.stage_seconds["decode_wait"] += time.perf_counter() - t0
+            yield result
+        return
+    # spawn, not fork: the parent holds model threads (torch, OpenCV, LiteRT) that fork would copy.
+    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+        pending: deque[Future] = deque()
+        upcoming = iter(work)
+        ahead = max(4 * options.batch_size, 2 * workers)
+        for file in upcoming:
+            pending.append(pool.submit(load_file, file, *args))
+            if len(pending) >= ahead:
+                break
+        while pending:
+            t0 = time.perf_counter()
+            result = pending.popleft().result()
+            summary.stage_seconds["decode_wait"] += time.perf_counter() - t0
+            next_file = next(upcoming, None)
+            if next_file is not None:
+                pending.append(pool.submit(load_file, next_file, *args))
+            yield result

@@ -1,0 +1,210 @@
+"""The `objsearch` command. Each command parses its options and makes one library call.
+
+The library raises ObjsearchError for anything a user can fix; here it becomes a one-line
+message on stderr and exit status 1, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from functools import wraps
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from objsearch.errors import BadQuery, ObjsearchError
+
+app = typer.Typer(
+    help="Object-level image search: index every object in your photos, then find them by text or by example.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+IndexOption = Annotated[
+    Optional[Path],
+    typer.Option("--index", envvar="OBJSEARCH_INDEX", help="Index directory [default: ./.objsearch].", show_default=False),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
+def _friendly_errors(command):
+    @wraps(command)
+    def run(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except ObjsearchError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1) from None
+        except KeyboardInterrupt:
+            typer.echo("interrupted; the index keeps its last committed state", err=True)
+            raise typer.Exit(130) from None
+
+    return run
+
+
+@app.callback()
+def _configure(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log what happens (INFO).")] = False) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    for noisy in ("transformers", "httpx", "huggingface_hub"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+
+
+@app.command()
+@_friendly_errors
+def index(
+    folders: Annotated[list[Path], typer.Argument(help="Folders (searched recursively) or image files.", show_default=False)],
+    index_path: IndexOption = None,
+    model: Annotated[str, typer.Option("--model", help="Embedder name, 'module:factory', or checkpoint dir.")] = "bundled",
+    exclude: Annotated[Optional[list[str]], typer.Option("--exclude", help="Glob of paths to skip; repeatable.")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.")] = 8,
+    workers: Annotated[int, typer.Option("--workers", min=0, help="Decoding processes (0 = automatic).")] = 0,
+    commit_every: Annotated[int, typer.Option("--commit-every", min=1, help="Images per commit: the most a kill can lose.")] = 64,
+    max_pixels: Annotated[int, typer.Option("--max-pixels", min=1, help="Skip images with more pixels (bomb guard).")] = 100_000_000,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
+) -> None:
+    """Detect and embed every object in the images below FOLDERS; only new or changed files are processed."""
+    from indexer.pipeline import IndexOptions, index_folders
+
+    options = IndexOptions(exclude=tuple(exclude or ()), batch_size=batch_size, workers=workers, commit_every=commit_every, max_pixels=max_pixels, progress=progress)
+    summary = index_folders(folders, index_path, model=model, options=options)
+    typer.echo(
+        f"indexed {summary.indexed} images ({summary.objects_added} objects) in {summary.seconds:.1f} s "
+        f"({summary.images_per_second:.2f} images/s); unchanged {summary.unchanged}, touched {summary.touched}, "
+        f"removed {summary.removed}, skipped {len(summary.skipped)}"
+    )
+    for path, reason in summary.skipped:
+        typer.echo(f"  skipped {path}: {reason}")
+
+
+def _parse_box(text: str) -> tuple[float, float, float, float]:
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 4:
+        raise BadQuery(f"--box wants four numbers x1,y1,x2,y2 in pixels, got {text!r}")
+    return values  # type: ignore[return-value]
+
+
+@app.command()
+@_friendly_errors
+def query(
+    text: Annotated[Optional[str], typer.Argument(help="What to look for, e.g. 'red umbrella'.", show_default=False)] = None,
+    image: Annotated[Optional[Path], typer.Option("--image", help="Find objects like this image (or a --box of it).")] = None,
+    box: Annotated[Optional[str], typer.Option("--box", help="x1,y1,x2,y2 pixels of --image.")] = None,
+    object_id: Annotated[Optional[int], typer.Option("--object", help="Find objects like this indexed object id.")] = None,
+    top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="How many results.")] = 10,
+    where: Annotated[Optional[str], typer.Option("--where", help="SQL predicate on object/image columns, e.g. \"label = 'dog' AND width > 500\".")] = None,
+    min_score: Annotated[Optional[float], typer.Option("--min-score", help="Drop results whose similarity is below this.")] = None,
+    per_image: Annotated[bool, typer.Option("--per-image", help="Keep only the best object of each image.")] = False,
+    as_json: JsonOption = False,
+    html: Annotated[Optional[Path], typer.Option("--html", help="Also write an HTML gallery with the boxes drawn.")] = None,
+    index_path: IndexOption = None,
+    model: Annotated[Optional[str], typer.Option("--model", help="Must be the model that built the index.")] = None,
+) -> None:
+    """Search by TEXT, by an example region (--image [--box]) or by an indexed object (--object)."""
+    from objsearch.search import open_index
+
+    modes = [text is not None, image is not None, object_id is not None]
+    if sum(modes) != 1:
+        raise BadQuery("give exactly one of: a TEXT query, --image FILE, or --object ID")
+    if box is not None and image is None:
+        raise BadQuery("--box needs --image")
+    options = dict(where=where, min_score=min_score, per_image=per_image)
+    with open_index(index_path, model=model) as idx:
+        if text is not None:
+            hits, title = idx.search_text(text, top_k, **options), text
+        elif image is not None:
+            hits, title = idx.search_region(image, _parse_box(box) if box else None, top_k, **options), f"like {image}"
+        else:
+            hits, title = idx.search_object(object_id, top_k, **options), f"like object {object_id}"
+    if html:
+        from objsearch.render import render_gallery
+
+        render_gallery(hits, html, title=f"objsearch: {title}")
+    if as_json:
+        typer.echo(json.dumps([h.to_dict() for h in hits], indent=2))
+        return
+    if not hits:
+        typer.echo("no results")
+    for h in hits:
+        x1, y1, x2, y2 = (round(v) for v in h.box_xyxy)
+        typer.echo(f"{h.rank:>3}  {h.similarity:.3f}  {h.label:<16} [{x1},{y1},{x2},{y2}]  {h.path}  (object {h.object_id}: {h.caption})")
+    if html:
+        typer.echo(f"gallery: {html}")
+
+
+@app.command()
+@_friendly_errors
+def info(index_path: IndexOption = None, as_json: JsonOption = False) -> None:
+    """Counts, model, index type, size on disk and the files that could not be indexed."""
+    from objsearch.search import open_index
+    from objsearch.store.writer import index_size_bytes
+
+    with open_index(index_path) as idx:
+        m = idx.manifest
+        size = index_size_bytes(idx.root)
+        report = {
+            "index": str(idx.root.resolve()),
+            "format_version": m.format_version,
+            "generation": m.generation,
+            "model": {"name": m.embedder.name, "version": m.embedder.version, "embed_dim": m.embedder.embed_dim},
+            "index_type": m.index_type,
+            **m.counts,
+            "size_bytes": size,
+            "bytes_per_object": round(size / m.counts["objects"], 1) if m.counts["objects"] else None,
+            "errors": [{"path": p, "error": e} for p, e in idx.errors()],
+        }
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+        return
+    for key, value in report.items():
+        if key == "errors":
+            continue
+        typer.echo(f"{key:>16}: {json.dumps(value) if isinstance(value, dict) else value}")
+    for err in report["errors"]:
+        typer.echo(f"  error: {err['path']}: {err['error']}")
+
+
+@app.command()
+@_friendly_errors
+def sql(
+    statement: Annotated[str, typer.Argument(help="One SELECT over the tables images, objects and objects_images.")],
+    index_path: IndexOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Run a read-only SQL query over the index's tables (DuckDB)."""
+    from objsearch.search import open_index
+
+    with open_index(index_path) as idx:
+        columns, rows = idx.sql(statement)
+    if as_json:
+        typer.echo(json.dumps([dict(zip(columns, r)) for r in rows], indent=2, default=str))
+        return
+    typer.echo("\t".join(columns))
+    for row in rows:
+        typer.echo("\t".join("" if v is None else str(v) for v in row))
+
+
+@app.command()
+@_friendly_errors
+def samples(dest: Annotated[Path, typer.Argument(help="Folder to copy the photos into.")]) -> None:
+    """Copy the real sample photos that ship in installed packages (scikit-image, matplotlib, darknet) into DEST."""
+    from objsearch.samples import gather_sample_photos
+
+    copies = gather_sample_photos(dest)
+    if not copies:
+        raise ObjsearchError("no sample photos found: install scikit-image or matplotlib (pip install 'objsearch[demo]')")
+    typer.echo(f"{len(copies)} sample photos in {dest}")
+
+
+def main() -> None:
+    app()

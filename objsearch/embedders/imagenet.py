@@ -1,0 +1,67 @@
+"""EfficientNet-Lite3 ImageNet classifier (int8 TFLite) through ai-edge-litert.
+
+It widens the bundled embedder's vocabulary past COCO's 80 categories (dog breeds, "space shuttle",
+"espresso", ...). Input: 280x280 uint8 RGB; output: 1,000 class probabilities.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+
+import numpy as np
+from PIL import Image
+
+from objsearch.embedders.packaged_models import CLASSIFIER, CLASSIFIER_LABELS, packaged_model_file
+
+INPUT_SIDE = 280
+
+
+@contextlib.contextmanager
+def _quiet_native_stderr():
+    """Silence file descriptor 2 (native-library chatter) for the duration of the block."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def _short_name(synonyms: str) -> str:
+    """'tabby, tabby cat' -> 'tabby cat': the most descriptive of the first two synonyms."""
+    names = [s.strip() for s in synonyms.split(",") if s.strip()][:2]
+    return max(names, key=len) if names else synonyms
+
+
+class ImageNetClassifier:
+    def __init__(self, *, num_threads: int = 2) -> None:
+        from ai_edge_litert.interpreter import Interpreter
+
+        with _quiet_native_stderr():  # LiteRT prints an INFO line from C++ on every load
+            self.interpreter = Interpreter(model_path=str(packaged_model_file(CLASSIFIER)), num_threads=num_threads)
+            self.interpreter.allocate_tensors()
+        self._input = self.interpreter.get_input_details()[0]
+        output = self.interpreter.get_output_details()[0]
+        self._output_index = output["index"]
+        self._output_scale, self._output_zero = output["quantization"]
+        lines = packaged_model_file(CLASSIFIER_LABELS).read_text(encoding="utf-8").splitlines()
+        self.labels = [_short_name(line) for line in lines]
+
+    def probabilities(self, crop: np.ndarray) -> np.ndarray:
+        """(H, W, 3) uint8 RGB crop -> (1000,) float32 class probabilities."""
+        resized = Image.fromarray(crop).resize((INPUT_SIDE, INPUT_SIDE), Image.Resampling.BILINEAR)
+        self.interpreter.set_tensor(self._input["index"], np.asarray(resized, dtype=np.uint8)[None])
+        self.interpreter.invoke()
+        raw = self.interpreter.get_tensor(self._output_index)[0].astype(np.float32)
+        return (raw - self._output_zero) * self._output_scale
+
+    def top1(self, crop: np.ndarray) -> tuple[str, float]:
+        probs = self.probabilities(crop)
+        best = int(np.argmax(probs))
+        return self.labels[best], float(probs[best])

@@ -1,0 +1,44 @@
+"""Domain errors. The library raises these; the CLI turns them into a one-line message and exit 1."""
+
+from __future__ import annotations
+
+
+class ObjsearchError(Exception):
+    """Base class of every error objsearch raises on purpose (never a bug)."""
+
+
+class BadImage(ObjsearchError):
+    """An image file could not be decoded; ``reason`` is short and human-readable."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+class IndexLocked(ObjsearchError):
+    """Another process holds the index's writer lock."""
+
+
+class IndexNotFound(ObjsearchError):
+    """No index exists at the given location."""
+
+
+class IndexCorrupt(ObjsearchError):
+    """A file the manifest names is missing or does not match its checksum."""
+
+
+class ModelMismatch(ObjsearchError):
+    """The embedder asked for differs from the one that built the index."""
+
+
+class UnknownModel(ObjsearchError):
+    """No embedder is registered under that name and it is no loadable path."""
+
+
+class BadQuery(ObjsearchError):
+    """A query, filter predicate or SQL statement is invalid."""
+
+
+class FormatVersionError(ObjsearchError):
+    """The index was written by an incompatible format version."""

@@ -1,0 +1,59 @@
+"""Real sample photos that ship inside installed packages, gathered into one folder.
+
+Nothing is downloaded and no photo is committed to this repository: the files are copied from
+scikit-image's and matplotlib's data folders and, where present, from Debian's ``darknet``
+package (``/usr/share/darknet/data`` or an unpacked copy named by ``$OBJSEARCH_DARKNET_DATA``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+# Photos of everyday objects; the scientific images of these packages are left out.
+SKIMAGE_PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png")
+MATPLOTLIB_PHOTOS = ("grace_hopper.jpg",)
+DARKNET_PHOTOS = ("dog.jpg", "horses.jpg", "giraffe.jpg", "person.jpg", "kite.jpg", "eagle.jpg", "scream.jpg")
+DARKNET_DIRS = ("/usr/share/darknet/data",)
+
+
+def _package_dir(name: str) -> Path | None:
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def sample_photo_sources() -> dict[str, Path]:
+    """Destination file name -> source path, for every sample photo installed on this machine."""
+    sources: dict[str, Path] = {}
+    skimage = _package_dir("skimage")
+    if skimage:
+        sources.update({f"skimage-{n}": skimage / "data" / n for n in SKIMAGE_PHOTOS})
+    matplotlib = _package_dir("matplotlib")
+    if matplotlib:
+        sources.update({f"matplotlib-{n}": matplotlib / "mpl-data" / "sample_data" / n for n in MATPLOTLIB_PHOTOS})
+    darknet_dirs = [os.environ.get("OBJSEARCH_DARKNET_DATA", ""), *DARKNET_DIRS]
+    darknet = next((Path(d) for d in darknet_dirs if d and Path(d).is_dir()), None)
+    if darknet:
+        sources.update({f"darknet-{n}": darknet / n for n in DARKNET_PHOTOS})
+    return {name: path for name, path in sources.items() if path.is_file()}
+
+
+def gather_sample_photos(dest: str | os.PathLike) -> list[Path]:
+    """Copy the installed sample photos into ``dest`` (kept as they are); returns the copies."""
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    copies = []
+    for name, source in sorted(sample_photo_sources().items()):
+        target = dest / name
+        if not target.exists():
+            shutil.copyfile(source, target)
+        copies.append(target)
+    logger.info("%d sample photos in %s", len(copies), dest)
+    return copies

@@ -1,0 +1,207 @@
+"""Query an index: text -> objects, object -> objects, image region -> objects.
+
+    index = objsearch.open_index(".objsearch")
+    for hit in index.search_text("red umbrella", k=10, where="width > 500"):
+        print(hit.path, hit.box_xyxy, hit.similarity)
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from objsearch.embedders.base import ObjectEmbedder, load_embedder
+from objsearch.errors import BadQuery, IndexCorrupt
+from objsearch.hits import Hit
+from objsearch.store import vectors
+from objsearch.store.catalog import Catalog
+from objsearch.store.layout import EmbedderInfo, Manifest, read_manifest, resolve_index_path
+from objsearch.store.writer import check_embedder
+
+logger = logging.getLogger(__name__)
+
+MAX_QUERY_CHARS = 10_000  # longer text is refused: the text encoder reads ~128 tokens anyway
+
+
+class Index:
+    """A read-only view of one committed generation of an index."""
+
+    def __init__(self, root: Path, manifest: Manifest, embedder: ObjectEmbedder | str | None = None) -> None:
+        self.root = root
+        self.manifest = manifest
+        self.catalog = Catalog(root, manifest)
+        self._vectors = None
+        self._embedder: ObjectEmbedder | None = None
+        if isinstance(embedder, str):
+            embedder = load_embedder(embedder)
+        if embedder is not None:
+            check_embedder(manifest, _info(embedder))
+            self._embedder = embedder
+
+    # -- lazily loaded parts -----------------------------------------------------------------------
+    @property
+    def vector_index(self):
+        if self._vectors is None:
+            entry = self.manifest.vectors
+            if entry is None:
+                self._vectors = vectors.new_index(self.manifest.embedder.embed_dim, self.manifest.index_type)
+            else:
+                path = self.root / entry.path
+                if not path.is_file() or path.stat().st_size != entry.size:
+                    raise IndexCorrupt(f"{path} is missing or has the wrong size; run `objsearch doctor`")
+                self._vectors = vectors.load(path)
+        return self._vectors
+
+    @property
+    def embedder(self) -> ObjectEmbedder:
+        if self._embedder is None:
+            built = self.manifest.embedder
+            embedder = load_embedder(built.source or built.name)
+            check_embedder(self.manifest, _info(embedder))
+            self._embedder = embedder
+        return self._embedder
+
+    # -- searches ----------------------------------------------------------------------------------
+    def search_text(self, query: str, k: int = 10, **options) -> list[Hit]:
+        """Objects best matching a text query. Options: where, min_score, per_image."""
+        query = _check_text(query)
+        embedding = self.embedder.embed_texts([query])[0]
+        return self.search_embedding(embedding, k, **options)
+
+    def search_object(self, object_id: int, k: int = 10, **options) -> list[Hit]:
+        """Objects most similar to an indexed object (the object itself is left out)."""
+        try:
+            embedding = self.vector_index.reconstruct(int(object_id))
+        except RuntimeError:
+            raise BadQuery(f"no object with id {object_id} in this index") from None
+        return self.search_embedding(embedding, k, exclude=(int(object_id),), **options)
+
+    def search_region(self, image_path: str | os.PathLike, box_xyxy: Sequence[float] | None = None, k: int = 10, **options) -> list[Hit]:
+        """Objects most similar to a region (pixels, xyxy) of an image file; no box = the whole image."""
+        from objsearch.image_decode import decode_image
+
+        decoded = decode_image(image_path)
+        box = np.asarray(box_xyxy if box_xyxy is not None else (0, 0, decoded.width, decoded.height), dtype=np.float32)
+        x1, y1, x2, y2 = box
+        if not (0 <= x1 < x2 <= decoded.width and 0 <= y1 < y2 <= decoded.height):
+            raise BadQuery(f"box {box.tolist()} is not inside the {decoded.width}x{decoded.height} image with x1 < x2 and y1 < y2")
+        embedding = self.embedder.embed_regions(decoded.pixels, box[None] * decoded.scale)[0]
+        return self.search_embedding(embedding, k, **options)
+
+    def search_embedding(
+        self,
+        embedding: np.ndarray,
+        k: int = 10,
+        *,
+        where: str | None = None,
+        min_score: float | None = None,
+        per_image: bool = False,
+        exclude: Sequence[int] = (),
+    ) -> list[Hit]:
+        """Top-k objects by inner product with ``embedding`` ((D,) float32, L2-normalised).
+
+        where:     SQL predicate over ``objects_images`` columns; the result is the exact top-k
+                   among the objects that satisfy it.
+        min_score: drop hits whose similarity is below this.
+        per_image: keep only the best object of each image (k images).
+        """
+        if k < 1:
+            raise BadQuery("k must be at least 1")
+        allowed = self.catalog.filter_object_ids(where) if where else None
+        index = self.vector_index
+        available = index.ntotal if allowed is None else len(allowed)
+        fetch = k + len(exclude)
+        started = time.perf_counter()
+        while True:
+            scores, ids = vectors.search(index, embedding[None], fetch * (4 if per_image else 1), allowed)
+            hits = self._select(scores[0], ids[0], k, min_score, per_image, set(exclude))
+            exhausted = ids.shape[1] >= available or (min_score is not None and len(scores[0]) and scores[0][-1] < min_score)
+            if len(hits) >= k or exhausted:
+                break
+            fetch *= 4
+        logger.debug("search took %.1f ms", (time.perf_counter() - started) * 1e3)
+        return hits
+
+    def _select(self, scores, ids, k, min_score, per_image, exclude) -> list[Hit]:
+        valid = ids >= 0
+        rows = self.catalog.rows_for_objects(ids[valid])
+        hits: list[Hit] = []
+        seen_images: set[int] = set()
+        for score, object_id in zip(scores[valid], ids[valid]):
+            row = rows.get(int(object_id))
+            if row is None or int(object_id) in exclude:
+                continue
+            if min_score is not None and score < min_score:
+                break
+            if per_image and row["image_id"] in seen_images:
+                continue
+            seen_images.add(row["image_id"])
+            hits.append(
+                Hit(
+                    rank=len(hits) + 1,
+                    object_id=int(object_id),
+                    image_id=int(row["image_id"]),
+                    path=row["path"],
+                    box_xyxy=(float(row["x1"]), float(row["y1"]), float(row["x2"]), float(row["y2"])),
+                    similarity=float(score),
+                    det_score=float(row["score"]),
+                    label=row["label"],
+                    caption=row["caption"],
+                )
+            )
+            if len(hits) == k:
+                break
+        return hits
+
+    # -- metadata ----------------------------------------------------------------------------------
+    def sql(self, statement: str) -> tuple[list[str], list[tuple]]:
+        """One read-only SQL statement over the ``images``, ``objects`` and ``objects_images`` views."""
+        return self.catalog.sql(statement)
+
+    def errors(self) -> list[tuple[str, str]]:
+        """(path, error) of every file that could not be indexed."""
+        return self.catalog.sql("SELECT path, error FROM images WHERE status = 'error' ORDER BY path")[1]
+
+    def close(self) -> None:
+        self.catalog.close()
+
+    def __enter__(self) -> "Index":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _info(embedder: ObjectEmbedder) -> EmbedderInfo:
+    return EmbedderInfo(name=embedder.name, version=embedder.version, embed_dim=int(embedder.embed_dim))
+
+
+def _check_text(query: str) -> str:
+    cleaned = "".join(ch if ch.isprintable() else " " for ch in query).strip()
+    if not cleaned:
+        raise BadQuery("the query text is empty")
+    if len(cleaned) > MAX_QUERY_CHARS:
+        raise BadQuery(f"the query text is {len(cleaned)} characters long; the limit is {MAX_QUERY_CHARS}")
+    return cleaned
+
+
+def open_index(path: str | os.PathLike | None = None, *, model: ObjectEmbedder | str | None = None, retries: int = 3) -> Index:
+    """Open the committed state of the index at ``path`` (default: $OBJSEARCH_INDEX or ./.objsearch).
+
+    ``model`` (an embedder or a --model string) must be the one that built the index; by default
+    the recorded one is loaded when a query first needs it.
+    """
+    root = resolve_index_path(path)
+    for attempt in range(retries):
+        manifest = read_manifest(root)
+        missing = [e.path for e in manifest.files() if not (root / e.path).is_file()]
+        if not missing:
+            return Index(root, manifest, model)
+        # A writer committed twice while we read; the newer manifest names files that exist.
+        logger.debug("index files vanished while opening (attempt %d): %s", attempt + 1, missing[:3])
+    raise IndexCorrupt(f"index at {root} names files that do not exist: {', '.join(missing[:5])}; run `objsearch doctor`")

@@ -1,0 +1,1 @@
+"""The index on disk: layout and manifest, Parquet shards, FAISS vectors, DuckDB catalog, writer."""

@@ -1,0 +1,69 @@
+"""Write and read Parquet shards, always through the schemas of ``objsearch.schema``."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from objsearch import schema
+from objsearch.store.layout import fsync_dir
+
+
+def write_shard(table: pa.Table, path: Path) -> None:
+    """Write ``table`` to ``path`` durably: temp file, fsync, rename, fsync the folder."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        pq.write_table(table, tmp, compression="zstd")
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+def read_shards(paths: Sequence[Path], table_schema: pa.Schema, columns: Sequence[str] | None = None) -> pa.Table:
+    """Concatenate shards (all of them, or an empty table of the schema when there are none)."""
+    if not paths:
+        empty = table_schema.empty_table()
+        return empty.select(list(columns)) if columns else empty
+    return pa.concat_tables([pq.read_table(p, columns=list(columns) if columns else None, schema=table_schema) for p in paths])
+
+
+def images_table(rows: Sequence[dict]) -> pa.Table:
+    """Rows with the IMAGES_SCHEMA column names -> table."""
+    return pa.Table.from_pylist(list(rows), schema=schema.IMAGES_SCHEMA)
+
+
+def objects_table(columns: dict[str, list | np.ndarray], embeddings: np.ndarray, embed_dim: int) -> pa.Table:
+    """Object columns (all but the embedding) plus (N, embed_dim) embeddings -> table.
+
+    Embeddings are stored as float16; callers that also index them should index the float16
+    values (see ``as_stored_embeddings``) so Parquet and FAISS hold the same numbers.
+    """
+    table_schema = schema.objects_schema(embed_dim)
+    stored = as_stored_embeddings(embeddings).reshape(-1)
+    embedding_array = pa.FixedSizeListArray.from_arrays(pa.array(stored, type=pa.float16()), embed_dim)
+    arrays = [pa.array(columns[f.name], type=f.type) if f.name != schema.EMBEDDING else embedding_array for f in table_schema]
+    return pa.Table.from_arrays(arrays, schema=table_schema)
+
+
+def as_stored_embeddings(embeddings: np.ndarray) -> np.ndarray:
+    """(N, D) float -> (N, D) float16, the precision embeddings are stored at."""
+    return np.ascontiguousarray(embeddings, dtype=np.float16)
+
+
+def embeddings_of(table: pa.Table) -> np.ndarray:
+    """The embedding column of an objects table -> (N, D) float32."""
+    column = table.column(schema.EMBEDDING).combine_chunks()
+    dim = column.type.list_size
+    return column.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(-1, dim)

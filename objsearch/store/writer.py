@@ -1,0 +1,288 @@
+"""The single writer of an index: stage image rows, objects and removals, then commit atomically.
+
+Shards are immutable. Removing images rewrites only the shards that hold them, under new names;
+the manifest then swaps every change in at once. Nothing staged is visible before ``commit`` and a
+crash before the manifest rename loses only the staged work, which the next run redoes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from objsearch import schema
+from objsearch.embedders.base import Detections
+from objsearch.errors import ModelMismatch
+from objsearch.store import parquet, vectors
+from objsearch.store.layout import (
+    IMAGES_DIR,
+    OBJECTS_DIR,
+    EmbedderInfo,
+    Manifest,
+    WriterLock,
+    file_entry,
+    read_manifest,
+    write_manifest,
+)
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """What the index knows of one image file (a row of the images table)."""
+
+    path: str
+    file_size: int
+    mtime_ns: int
+    content_hash: str
+    width: int | None = None
+    height: int | None = None
+    status: str = schema.STATUS_OK
+    error: str | None = None
+    image_id: int = -1
+
+
+def check_embedder(manifest: Manifest, info: EmbedderInfo) -> None:
+    """ModelMismatch unless ``info`` is the embedder that built the index."""
+    built = manifest.embedder
+    if (built.name, built.version, built.embed_dim) != (info.name, info.version, info.embed_dim):
+        raise ModelMismatch(
+            f"this index was built with model {built.name!r} (version {built.version}, {built.embed_dim}-d); "
+            f"it cannot be used with {info.name!r} (version {info.version}, {info.embed_dim}-d). "
+            "Use the same --model, or index into another --index directory."
+        )
+
+
+class IndexWriter:
+    """Holds the writer lock from ``open`` until ``close``. Use as a context manager."""
+
+    def __init__(self, root: Path, embedder: EmbedderInfo) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._lock = WriterLock(self.root)
+        self._lock.acquire()
+        try:
+            self._load(embedder)
+        except BaseException:
+            self._lock.release()
+            raise
+
+    def _load(self, embedder: EmbedderInfo) -> None:
+        if (self.root / "manifest.json").exists():
+            self.manifest = read_manifest(self.root)
+            check_embedder(self.manifest, embedder)
+        else:
+            self.manifest = Manifest(embedder=embedder)
+            write_manifest(self.root, self.manifest)  # an empty index is still an index
+        self.embed_dim = self.manifest.embedder.embed_dim
+        self._images = parquet.read_shards(self._paths(self.manifest.image_shards), schema.IMAGES_SCHEMA)
+        self._object_image_ids = {
+            entry.path: set(parquet.read_shards([self.root / entry.path], schema.objects_schema(self.embed_dim), [schema.IMAGE_ID]).column(0).to_pylist())
+            for entry in self.manifest.object_shards
+        }
+        if self.manifest.vectors:
+            self.index = vectors.load(self.root / self.manifest.vectors.path)
+        else:
+            self.index = vectors.new_index(self.embed_dim, self.manifest.index_type)
+        self._reset_staged()
+        self._collect_garbage(keep=self._referenced(self.manifest))
+
+    def _reset_staged(self) -> None:
+        self._staged_images: list[dict] = []
+        self._staged_objects: dict[str, list] = {name: [] for name in schema.objects_schema(1).names if name != schema.EMBEDDING}
+        self._staged_embeddings: list[np.ndarray] = []
+        self._staged_removals: set[int] = set()
+        self._staged_row_removals: set[int] = set()
+        self._next_image_id = self.manifest.next_image_id
+        self._next_object_id = self.manifest.next_object_id
+
+    # -- reading what is committed ---------------------------------------------------------------
+    def known_images(self) -> dict[str, ImageRecord]:
+        """Committed images by path."""
+        return {row["path"]: ImageRecord(**row) for row in self._images.to_pylist()}
+
+    @property
+    def staged_count(self) -> int:
+        return len(self._staged_images) + len(self._staged_removals) + len(self._staged_row_removals)
+
+    # -- staging -----------------------------------------------------------------------------------
+    def add_image(self, record: ImageRecord, detections: Detections | None = None) -> int:
+        """Stage an image row (and its objects); returns its image_id.
+
+        ``record.image_id >= 0`` re-uses that id (a file touched but unchanged keeps its objects).
+        """
+        image_id = record.image_id if record.image_id >= 0 else self._allocate_image_id()
+        row = {**record.__dict__, schema.IMAGE_ID: image_id}
+        self._staged_images.append(row)
+        if detections is not None and len(detections):
+            n = len(detections)
+            ids = np.arange(self._next_object_id, self._next_object_id + n, dtype=np.int64)
+            self._next_object_id += n
+            columns = self._staged_objects
+            columns[schema.OBJECT_ID].extend(ids.tolist())
+            columns[schema.IMAGE_ID].extend([image_id] * n)
+            for i, name in enumerate(schema.BOX_COLUMNS):
+                columns[name].extend(detections.boxes_xyxy[:, i].tolist())
+            columns[schema.SCORE].extend(detections.scores.tolist())
+            columns[schema.LABEL].extend(detections.labels)
+            columns[schema.CAPTION].extend(detections.captions)
+            columns[schema.MASK].extend([None if m is None else _rle_json(m) for m in detections.masks])
+            if detections.embeddings.shape[1] != self.embed_dim:
+                raise ValueError(f"embeddings are {detections.embeddings.shape[1]}-d, index is {self.embed_dim}-d")
+            self._staged_embeddings.append(detections.embeddings)
+        return image_id
+
+    def remove_images(self, image_ids, *, keep_objects: bool = False) -> None:
+        """Stage removal of image rows, and of their objects unless ``keep_objects``."""
+        ids = set(int(i) for i in image_ids)
+        self._staged_row_removals |= ids
+        if not keep_objects:
+            self._staged_removals |= ids
+
+    def _allocate_image_id(self) -> int:
+        self._next_image_id += 1
+        return self._next_image_id - 1
+
+    # -- committing --------------------------------------------------------------------------------
+    def commit(self) -> None:
+        """Make everything staged visible at once, durably. A no-op when nothing is staged."""
+        if not self.staged_count:
+            return
+        previous = self.manifest
+        manifest = Manifest(**{**previous.__dict__})
+        manifest.generation = previous.generation + 1
+        tag = f"g{manifest.generation:08d}-{uuid.uuid4().hex[:8]}"
+
+        removed_object_ids = self._rewrite_object_shards(manifest, tag)
+        self._rewrite_image_shards(manifest, tag)
+        new_object_ids, new_embeddings = self._write_new_shards(manifest, tag)
+
+        vectors.remove(self.index, removed_object_ids)
+        vectors.add(self.index, new_object_ids, new_embeddings)
+        vectors_name = f"vectors-{tag}.faiss"
+        vectors.write(self.index, self.root / vectors_name)
+        manifest.vectors = file_entry(self.root, vectors_name)
+
+        manifest.next_image_id = self._next_image_id
+        manifest.next_object_id = self._next_object_id
+        statuses = self._images.column(schema.STATUS).to_pylist()
+        manifest.counts = {
+            "images": len(statuses),
+            "images_error": statuses.count(schema.STATUS_ERROR),
+            "objects": int(self.index.ntotal),
+        }
+        write_manifest(self.root, manifest)  # the commit point
+        self.manifest = manifest
+        self._reset_staged()
+        # Readers may still be opening the previous generation: keep its files one commit longer.
+        self._collect_garbage(keep=self._referenced(manifest) | self._referenced(previous))
+        logger.info("committed generation %d: %s", manifest.generation, manifest.counts)
+
+    def _rewrite_object_shards(self, manifest: Manifest, tag: str) -> np.ndarray:
+        """Drop objects of removed images from the shards that hold them; returns their object ids."""
+        removed: list[np.ndarray] = []
+        kept_entries = []
+        for number, entry in enumerate(manifest.object_shards):
+            image_ids = self._object_image_ids[entry.path]
+            if not image_ids & self._staged_removals:
+                kept_entries.append(entry)
+                continue
+            table = parquet.read_shards([self.root / entry.path], schema.objects_schema(self.embed_dim))
+            drop = pc.is_in(table.column(schema.IMAGE_ID), value_set=pa.array(sorted(self._staged_removals), pa.int64()))
+            removed.append(table.filter(drop).column(schema.OBJECT_ID).to_numpy())
+            remaining = table.filter(pc.invert(drop))
+            del self._object_image_ids[entry.path]
+            if remaining.num_rows:
+                relative = f"{OBJECTS_DIR}/objects-{tag}-r{number:05d}.parquet"
+                parquet.write_shard(remaining, self.root / relative)
+                kept_entries.append(file_entry(self.root, relative))
+                self._object_image_ids[relative] = set(remaining.column(schema.IMAGE_ID).to_pylist())
+        manifest.object_shards = kept_entries
+        return np.concatenate(removed) if removed else np.zeros(0, np.int64)
+
+    def _rewrite_image_shards(self, manifest: Manifest, tag: str) -> None:
+        if not self._staged_row_removals:
+            return
+        drop_set = pa.array(sorted(self._staged_row_removals), pa.int64())
+        kept_entries = []
+        for number, entry in enumerate(manifest.image_shards):
+            table = parquet.read_shards([self.root / entry.path], schema.IMAGES_SCHEMA)
+            drop = pc.is_in(table.column(schema.IMAGE_ID), value_set=drop_set)
+            if not pc.any(drop).as_py():
+                kept_entries.append(entry)
+                continue
+            remaining = table.filter(pc.invert(drop))
+            if remaining.num_rows:
+                relative = f"{IMAGES_DIR}/images-{tag}-r{number:05d}.parquet"
+                parquet.write_shard(remaining, self.root / relative)
+                kept_entries.append(file_entry(self.root, relative))
+        manifest.image_shards = kept_entries
+        self._images = self._images.filter(pc.invert(pc.is_in(self._images.column(schema.IMAGE_ID), value_set=drop_set)))
+
+    def _write_new_shards(self, manifest: Manifest, tag: str) -> tuple[np.ndarray, np.ndarray]:
+        if self._staged_images:
+            table = parquet.images_table(self._staged_images)
+            relative = f"{IMAGES_DIR}/images-{tag}.parquet"
+            parquet.write_shard(table, self.root / relative)
+            manifest.image_shards = manifest.image_shards + [file_entry(self.root, relative)]
+            self._images = pa.concat_tables([self._images, table])
+        if not self._staged_embeddings:
+            return np.zeros(0, np.int64), np.zeros((0, self.embed_dim), np.float32)
+        embeddings = np.concatenate(self._staged_embeddings)
+        table = parquet.objects_table(self._staged_objects, embeddings, self.embed_dim)
+        relative = f"{OBJECTS_DIR}/objects-{tag}.parquet"
+        parquet.write_shard(table, self.root / relative)
+        manifest.object_shards = manifest.object_shards + [file_entry(self.root, relative)]
+        self._object_image_ids[relative] = set(self._staged_objects[schema.IMAGE_ID])
+        # FAISS gets the float16-rounded values, so it always matches what Parquet holds.
+        return table.column(schema.OBJECT_ID).to_numpy(), parquet.as_stored_embeddings(embeddings).astype(np.float32)
+
+    # -- housekeeping --------------------------------------------------------------------------------
+    def _paths(self, entries) -> list[Path]:
+        return [self.root / e.path for e in entries]
+
+    @staticmethod
+    def _referenced(manifest: Manifest) -> set[str]:
+        return {entry.path for entry in manifest.files()}
+
+    def _collect_garbage(self, keep: set[str]) -> None:
+        """Delete shard/vector files (and temp files of crashed runs) that no kept manifest names."""
+        candidates = list(self.root.glob("vectors-*.faiss")) + list(self.root.glob(".*.tmp"))
+        for folder in (IMAGES_DIR, OBJECTS_DIR):
+            candidates += list((self.root / folder).glob("*.parquet")) + list((self.root / folder).glob(".*.tmp"))
+        for path in candidates:
+            if path.relative_to(self.root).as_posix() not in keep:
+                path.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        """Release the lock; anything staged and not committed is dropped."""
+        self._lock.release()
+
+    def __enter__(self) -> "IndexWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _rle_json(mask: dict) -> str:
+    import json
+
+    counts = mask.get("counts")
+    if isinstance(counts, bytes):
+        mask = {**mask, "counts": counts.decode("ascii")}
+    return json.dumps(mask)
+
+
+def index_size_bytes(root: Path) -> int:
+    """Bytes on disk of every committed file plus the manifest."""
+    manifest = read_manifest(root)
+    return sum(entry.size for entry in manifest.files()) + os.path.getsize(root / "manifest.json")

@@ -1,0 +1,46 @@
+"""Shared fixtures. Real photos come from installed packages; synthetic scenes are generated."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+BLOBS = "tests.blob_embedder:build"
+
+
+@pytest.fixture(scope="session")
+def sample_photos(tmp_path_factory) -> Path:
+    from objsearch.samples import gather_sample_photos
+
+    folder = tmp_path_factory.mktemp("photos")
+    gather_sample_photos(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def bundled_embedder():
+    from objsearch.embedders import load_embedder
+
+    return load_embedder("bundled")
+
+
+@pytest.fixture(scope="session")
+def bundled_index(sample_photos, bundled_embedder, tmp_path_factory) -> Path:
+    """The sample photos indexed once with the bundled embedder (shared, read-only)."""
+    from indexer.pipeline import IndexOptions, index_folders
+
+    root = tmp_path_factory.mktemp("bundled-index")
+    index_folders([sample_photos], root, embedder=bundled_embedder, options=IndexOptions(progress=False, workers=1))
+    return root
+
+
+def run_cli(*args: str, timeout: float = 300, **kwargs):
+    """`python -m objsearch ARGS` in a subprocess (tests/ importable, for the blob embedder)."""
+    import subprocess
+
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    return subprocess.run([sys.executable, "-m", "objsearch", *args], capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO, **kwargs)

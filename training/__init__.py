@@ -1,0 +1,1 @@
+"""ObjEmbed training: `python -m training.train` (to be built; see the ObjEmbed issue)."""
