@@ -23,6 +23,7 @@ colour first, then the most similar-looking.
 from __future__ import annotations
 
 import logging
+from functools import cached_property
 from typing import Sequence
 
 import numpy as np
@@ -64,14 +65,21 @@ class BundledEmbedder:
     version = VERSION
 
     def __init__(self, *, device: str | None = None) -> None:
-        self.detector = SsdDetector()
-        self.classifier = ImageNetClassifier()
         self.text = SentenceEncoder(device=device)
         self.embed_dim = self.text.dim + BACKBONE_PROJECTED_DIM + HIST_DIM
         # A fixed random projection (seeded, so every run and machine agrees) keeps cosines of the
         # 1,280-d backbone features approximately (Johnson-Lindenstrauss) in 96 dimensions.
         rng = np.random.default_rng(20260601)
         self._projection = (rng.standard_normal((FEATURE_DIM, BACKBONE_PROJECTED_DIM)) / np.sqrt(BACKBONE_PROJECTED_DIM)).astype(np.float32)
+
+    # The image models load on first use: a text query needs only the text encoder.
+    @cached_property
+    def detector(self) -> SsdDetector:
+        return SsdDetector()
+
+    @cached_property
+    def classifier(self) -> ImageNetClassifier:
+        return ImageNetClassifier()
 
     # -- the ObjectEmbedder protocol -----------------------------------------------------------
     def detect(self, images: Sequence[np.ndarray]) -> list[Detections]:
