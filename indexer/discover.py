@@ -30,6 +30,13 @@ class FileStat:
 class Discovery:
     files: list[FileStat] = field(default_factory=list)
     unreadable_dirs: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    unstatable: list[str] = field(default_factory=list)  # files seen but not stat-able right now
+
+    def uncertain(self, path: str) -> bool:
+        """True when ``path`` may exist but could not be seen: it must not count as deleted."""
+        if path in self.unstatable:
+            return True
+        return any(path.startswith(folder.rstrip(os.sep) + os.sep) for folder, _ in self.unreadable_dirs)
 
 
 def _excluded(path: str, root: str, patterns: Sequence[str]) -> bool:
@@ -69,6 +76,7 @@ def discover(roots: Iterable[str | os.PathLike], exclude: Sequence[str] = ()) ->
                 stat = os.stat(path)
             except OSError as exc:  # a dangling symlink, or removed while walking
                 logger.warning("cannot stat %s: %s", path, exc.strerror)
+                found.unstatable.append(path)
                 continue
             seen.add(path)
             found.files.append(FileStat(path, stat.st_size, stat.st_mtime_ns))
@@ -95,17 +103,21 @@ class IndexPlan:
     unchanged: int = 0
 
 
-def plan(files: Sequence[FileStat], known: dict[str, ImageRecord], roots: Iterable[str | os.PathLike]) -> IndexPlan:
+def plan(found: Discovery, known: dict[str, ImageRecord], roots: Iterable[str | os.PathLike]) -> IndexPlan:
     """Compare files on disk with the index: same size and mtime = unchanged; otherwise the
     content hash decides between 'touched' (metadata only) and 'changed' (re-embed). Indexed files
-    under ``roots`` that are gone (or now excluded) are 'deleted'.
+    under ``roots`` that are gone (or now excluded) are 'deleted', unless their folder could not be
+    read this time. A file that could not be read last time (no content hash) is tried again.
     """
     result = IndexPlan()
+    files = found.files
     on_disk = {f.path for f in files}
     for file in files:
         record = known.get(file.path)
         if record is None:
             result.new.append(file)
+        elif not record.content_hash:
+            result.changed.append((file, record))
         elif (record.file_size, record.mtime_ns) == (file.file_size, file.mtime_ns):
             result.unchanged += 1
         elif record.file_size == file.file_size and _same_content(file.path, record.content_hash):
@@ -115,7 +127,7 @@ def plan(files: Sequence[FileStat], known: dict[str, ImageRecord], roots: Iterab
     prefixes = [os.path.abspath(r) for r in roots]
     for path, record in known.items():
         under_root = any(path == p or path.startswith(p.rstrip(os.sep) + os.sep) for p in prefixes)
-        if under_root and path not in on_disk:
+        if under_root and path not in on_disk and not found.uncertain(path):
             result.deleted.append(record)
     return result
 

@@ -21,8 +21,9 @@ from typing import Iterable, Iterator, Sequence
 from tqdm import tqdm
 
 from objsearch import schema
-from objsearch.embedders.base import ObjectEmbedder, load_embedder
-from objsearch.store.layout import EmbedderInfo, resolve_index_path
+from objsearch.embedders.base import DEFAULT_EMBEDDER, ObjectEmbedder, load_embedder
+from objsearch.errors import IndexNotFound, ObjsearchError
+from objsearch.store.layout import EmbedderInfo, read_manifest, resolve_index_path
 from objsearch.store.writer import ImageRecord, IndexWriter
 from indexer.decode import DecodeResult, load_file
 from indexer.discover import FileStat, discover, plan
@@ -61,26 +62,31 @@ def index_folders(
     roots: Iterable[str | os.PathLike],
     index_path: str | os.PathLike | None = None,
     *,
-    model: str = "bundled",
+    model: str | None = None,
     embedder: ObjectEmbedder | None = None,
     options: IndexOptions | None = None,
 ) -> IndexSummary:
-    """Bring the index at ``index_path`` up to date with the image files below ``roots``."""
+    """Bring the index at ``index_path`` up to date with the image files below ``roots``.
+
+    ``model`` defaults to the one that built the index, or ``bundled`` for a new index.
+    """
     options = options or IndexOptions()
     roots = [os.path.abspath(r) for r in roots]
     missing = [r for r in roots if not os.path.exists(r)]
     if missing:
-        from objsearch.errors import ObjsearchError
-
         raise ObjsearchError(f"no such file or folder: {', '.join(missing)}")
     started = time.perf_counter()
     summary = IndexSummary()
+    root = resolve_index_path(index_path)
+    model = model or _recorded_model(root) or DEFAULT_EMBEDDER
+    if os.path.exists(model):  # a checkpoint directory: record it so it loads from anywhere
+        model = os.path.abspath(model)
     embedder = embedder or load_embedder(model)
     info = EmbedderInfo(embedder.name, embedder.version, int(embedder.embed_dim), source=model)
-    with IndexWriter(resolve_index_path(index_path), info) as writer:
+    with IndexWriter(root, info) as writer:
         found = discover(roots, options.exclude)
         summary.skipped += [(path, f"unreadable folder: {reason}") for path, reason in found.unreadable_dirs]
-        todo = plan(found.files, writer.known_images(), roots)
+        todo = plan(found, writer.known_images(), roots)
         summary.unchanged = todo.unchanged
         _apply_metadata_changes(writer, todo, summary)
         replaces = {file.path: record.image_id for file, record in todo.changed}
@@ -90,6 +96,14 @@ def index_folders(
         writer.commit()
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def _recorded_model(root: Path) -> str | None:
+    try:
+        built = read_manifest(root).embedder
+    except IndexNotFound:
+        return None
+    return built.source or built.name
 
 
 def _apply_metadata_changes(writer: IndexWriter, todo, summary: IndexSummary) -> None:

@@ -62,7 +62,7 @@ def _configure(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Lo
 def index(
     folders: Annotated[list[Path], typer.Argument(help="Folders (searched recursively) or image files.", show_default=False)],
     index_path: IndexOption = None,
-    model: Annotated[str, typer.Option("--model", help="Embedder name, 'module:factory', or checkpoint dir.")] = "bundled",
+    model: Annotated[Optional[str], typer.Option("--model", help="Embedder name, 'module:factory', or checkpoint dir [default: the index's own, or bundled].", show_default=False)] = None,
     exclude: Annotated[Optional[list[str]], typer.Option("--exclude", help="Glob of paths to skip; repeatable.")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.")] = 8,
     workers: Annotated[int, typer.Option("--workers", min=0, help="Decoding processes (0 = automatic).")] = 0,

@@ -53,7 +53,7 @@ class Index:
             else:
                 path = self.root / entry.path
                 if not path.is_file() or path.stat().st_size != entry.size:
-                    raise IndexCorrupt(f"{path} is missing or has the wrong size; run `objsearch doctor`")
+                    raise IndexCorrupt(f"{path} is missing or has the wrong size: the index is damaged or was rewritten; reopen it")
                 self._vectors = vectors.load(path)
         return self._vectors
 
@@ -204,4 +204,4 @@ def open_index(path: str | os.PathLike | None = None, *, model: ObjectEmbedder |
             return Index(root, manifest, model)
         # A writer committed twice while we read; the newer manifest names files that exist.
         logger.debug("index files vanished while opening (attempt %d): %s", attempt + 1, missing[:3])
-    raise IndexCorrupt(f"index at {root} names files that do not exist: {', '.join(missing[:5])}; run `objsearch doctor`")
+    raise IndexCorrupt(f"index at {root} names files that do not exist: {', '.join(missing[:5])}")

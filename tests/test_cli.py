@@ -103,3 +103,14 @@ def test_index_from_env_var_info_and_sql(blob_index, monkeypatch):
     assert info["size_bytes"] > 0 and info["bytes_per_object"] > 0
     result = runner.invoke(app, ["sql", "SELECT count(*) AS n FROM objects WHERE label = 'red box'", "--json"])
     assert result.exit_code == 0 and json.loads(result.output)[0]["n"] >= 0
+
+
+def test_reindexing_without_model_uses_the_index_own_model(blob_index):
+    result = runner.invoke(app, ["index", str(blob_index.parent / "imgs"), "--index", str(blob_index), "--no-progress", "--workers", "1"])
+    assert result.exit_code == 0, result.output
+    assert "indexed 0 images" in result.output and "unchanged 6" in result.output
+
+
+def test_indexing_a_missing_folder_is_a_clear_error(tmp_path):
+    result = runner.invoke(app, ["index", str(tmp_path / "nope"), "--index", str(tmp_path / "idx"), "--model", BLOBS])
+    assert result.exit_code == 1 and "no such file or folder" in result.output

@@ -12,7 +12,7 @@ import pytest
 from indexer.pipeline import IndexOptions, index_folders
 from objsearch import open_index
 from objsearch.box_ops import box_iou
-from objsearch.errors import IndexLocked, IndexNotFound, ModelMismatch
+from objsearch.errors import IndexLocked, IndexNotFound, ModelMismatch, ObjsearchError
 from objsearch.store.layout import read_manifest
 from objsearch.store.writer import IndexWriter
 from tests.blob_embedder import build as build_blobs, build_other
@@ -142,18 +142,60 @@ def test_second_writer_is_told_who_holds_the_lock(tmp_path):
         assert time.perf_counter() - started < 1.0
 
 
-def test_uncommitted_work_is_invisible_and_old_files_are_collected(tmp_path):
+def test_uncommitted_work_is_invisible(tmp_path):
     make_dataset(tmp_path / "imgs", 8)
     root = tmp_path / "idx"
     index(tmp_path / "imgs", root)
     generation = read_manifest(root).generation
     before = consistency(root)
-    manifest = read_manifest(root)
-    with IndexWriter(root, manifest.embedder) as writer:
+    with IndexWriter(root, read_manifest(root).embedder) as writer:
         writer.remove_images([r.image_id for r in writer.known_images().values()])
         # no commit: closing drops the staged removal
     assert read_manifest(root).generation == generation and consistency(root) == before
+
+
+def test_a_reader_survives_commits_and_old_files_are_collected_after_the_grace_period(tmp_path):
+    folder = tmp_path / "imgs"
+    make_dataset(folder, 4)
+    root = tmp_path / "idx"
+    index(folder, root)
+    reader = open_index(root, model=build_blobs())  # opened, vectors not loaded yet
+    make_dataset(tmp_path / "more", 12, seed=3)
+    for path in (tmp_path / "more").glob("*.png"):
+        path.rename(folder / f"more-{path.name}")
+    index(folder, root)  # several commits (commit_every=4)
+    assert read_manifest(root).generation >= 3
+    assert len(reader.search_text("red", k=100)) > 0  # the old generation's files are still there
+    reader.close()
+
     referenced = {e.path for e in read_manifest(root).files()}
-    on_disk = {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file() and p.name not in ("manifest.json", "lock")}
-    # only the current generation and the one before it are kept
-    assert referenced <= on_disk and len(on_disk - referenced) <= len(referenced)
+    def files_on_disk():
+        return {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file() and p.name not in ("manifest.json", "lock")}
+    assert files_on_disk() > referenced  # older generations kept within the grace period
+    IndexWriter(root, read_manifest(root).embedder, gc_grace_seconds=0).close()
+    assert files_on_disk() == referenced
+
+
+def test_a_folder_that_holds_other_files_is_not_taken_over(tmp_path):
+    (tmp_path / "project" / "images").mkdir(parents=True)
+    (tmp_path / "project" / "images" / "data.parquet").write_bytes(b"user data")
+    make_dataset(tmp_path / "imgs", 1)
+    with pytest.raises(ObjsearchError, match="not empty and holds no index"):
+        index(tmp_path / "imgs", tmp_path / "project")
+    assert (tmp_path / "project" / "images" / "data.parquet").read_bytes() == b"user data"
+
+
+def test_plan_keeps_files_of_unreadable_folders_and_retries_unread_files(tmp_path):
+    from indexer.discover import Discovery, FileStat, plan
+    from objsearch.store.writer import ImageRecord
+
+    root = str(tmp_path)
+    known = {
+        f"{root}/locked/a.png": ImageRecord(f"{root}/locked/a.png", 10, 1, "h1", image_id=0),
+        f"{root}/gone.png": ImageRecord(f"{root}/gone.png", 10, 1, "h2", image_id=1),
+        f"{root}/unread.png": ImageRecord(f"{root}/unread.png", 10, 1, "", status="error", error="cannot read file", image_id=2),
+    }
+    found = Discovery(files=[FileStat(f"{root}/unread.png", 10, 1)], unreadable_dirs=[(f"{root}/locked", "Permission denied")])
+    todo = plan(found, known, [root])
+    assert [r.path for r in todo.deleted] == [f"{root}/gone.png"]
+    assert [f.path for f, _ in todo.changed] == [f"{root}/unread.png"]

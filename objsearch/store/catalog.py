@@ -15,7 +15,7 @@ import duckdb
 import numpy as np
 
 from objsearch import schema
-from objsearch.errors import BadQuery
+from objsearch.errors import BadQuery, IndexCorrupt
 from objsearch.store.layout import Manifest
 
 logger = logging.getLogger(__name__)
@@ -64,10 +64,13 @@ class Catalog:
         if len(object_ids) == 0:
             return {}
         columns = ", ".join(HIT_COLUMNS)
-        result = self.con.execute(
-            f"SELECT {columns} FROM objects_images WHERE object_id IN (SELECT unnest($ids))",
-            {"ids": [int(i) for i in object_ids]},
-        )
+        try:
+            result = self.con.execute(
+                f"SELECT {columns} FROM objects_images WHERE object_id IN (SELECT unnest($ids))",
+                {"ids": [int(i) for i in object_ids]},
+            )
+        except duckdb.Error as exc:  # a shard removed under a long-lived reader
+            raise IndexCorrupt(f"cannot read the index's shards ({_first_line(exc)}); reopen the index") from None
         names = [d[0] for d in result.description]
         return {row[0]: dict(zip(names, row)) for row in result.fetchall()}
 

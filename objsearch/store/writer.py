@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,10 +20,12 @@ import pyarrow.compute as pc
 
 from objsearch import schema
 from objsearch.embedders.base import Detections
-from objsearch.errors import ModelMismatch
+from objsearch.errors import ModelMismatch, ObjsearchError
 from objsearch.store import parquet, vectors
 from objsearch.store.layout import (
     IMAGES_DIR,
+    LOCK,
+    MANIFEST,
     OBJECTS_DIR,
     EmbedderInfo,
     Manifest,
@@ -61,11 +64,19 @@ def check_embedder(manifest: Manifest, info: EmbedderInfo) -> None:
         )
 
 
+# Unreferenced files younger than this are left alone: a reader that opened an older manifest
+# may still be about to load them (the vectors file is loaded on the first search).
+GC_GRACE_SECONDS = 600.0
+
+
 class IndexWriter:
     """Holds the writer lock from ``open`` until ``close``. Use as a context manager."""
 
-    def __init__(self, root: Path, embedder: EmbedderInfo) -> None:
+    def __init__(self, root: Path, embedder: EmbedderInfo, *, gc_grace_seconds: float = GC_GRACE_SECONDS) -> None:
         self.root = Path(root)
+        self.gc_grace_seconds = gc_grace_seconds
+        if self.root.is_dir() and not (self.root / MANIFEST).exists() and any(p.name != LOCK for p in self.root.iterdir()):
+            raise ObjsearchError(f"{self.root} is not empty and holds no index; choose an empty or new --index directory")
         self.root.mkdir(parents=True, exist_ok=True)
         self._lock = WriterLock(self.root)
         self._lock.acquire()
@@ -76,7 +87,7 @@ class IndexWriter:
             raise
 
     def _load(self, embedder: EmbedderInfo) -> None:
-        if (self.root / "manifest.json").exists():
+        if (self.root / MANIFEST).exists():
             self.manifest = read_manifest(self.root)
             check_embedder(self.manifest, embedder)
         else:
@@ -182,7 +193,6 @@ class IndexWriter:
         write_manifest(self.root, manifest)  # the commit point
         self.manifest = manifest
         self._reset_staged()
-        # Readers may still be opening the previous generation: keep its files one commit longer.
         self._collect_garbage(keep=self._referenced(manifest) | self._referenced(previous))
         logger.info("committed generation %d: %s", manifest.generation, manifest.counts)
 
@@ -254,13 +264,20 @@ class IndexWriter:
         return {entry.path for entry in manifest.files()}
 
     def _collect_garbage(self, keep: set[str]) -> None:
-        """Delete shard/vector files (and temp files of crashed runs) that no kept manifest names."""
+        """Delete shard/vector files (and temp files of crashed runs) that no kept manifest names
+        and that are older than the grace period."""
+        cutoff = time.time() - self.gc_grace_seconds
         candidates = list(self.root.glob("vectors-*.faiss")) + list(self.root.glob(".*.tmp"))
         for folder in (IMAGES_DIR, OBJECTS_DIR):
             candidates += list((self.root / folder).glob("*.parquet")) + list((self.root / folder).glob(".*.tmp"))
         for path in candidates:
-            if path.relative_to(self.root).as_posix() not in keep:
-                path.unlink(missing_ok=True)
+            if path.relative_to(self.root).as_posix() in keep:
+                continue
+            try:
+                if path.stat().st_mtime <= cutoff:
+                    path.unlink()
+            except FileNotFoundError:
+                pass
 
     def close(self) -> None:
         """Release the lock; anything staged and not committed is dropped."""
@@ -285,4 +302,4 @@ def _rle_json(mask: dict) -> str:
 def index_size_bytes(root: Path) -> int:
     """Bytes on disk of every committed file plus the manifest."""
     manifest = read_manifest(root)
-    return sum(entry.size for entry in manifest.files()) + os.path.getsize(root / "manifest.json")
+    return sum(entry.size for entry in manifest.files()) + os.path.getsize(root / MANIFEST)
