@@ -7,13 +7,13 @@ import html
 import io
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
 from PIL import Image, ImageDraw, ImageOps
 
 from objsearch.hits import Hit
+from objsearch.store.layout import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -107,14 +107,5 @@ def render_gallery(hits: Sequence[Hit], out_path: str | os.PathLike, *, title: s
         f"<style>{_CSS}</style></head><body>\n<h1>{html.escape(title)}</h1>\n"
         f'<div class="grid">\n{body}\n</div>\n</body></html>\n'
     )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(page)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a report should be readable like a normal file
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(out, page.encode("utf-8"))
     return out

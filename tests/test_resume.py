@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 import signal
 import subprocess
@@ -47,9 +48,7 @@ def test_kill_and_resume_matches_a_clean_run(tmp_path):
     rng = random.Random(7)
     env_path = {"PYTHONPATH": str(REPO)}
     kills = 0
-    for attempt in range(8):
-        import os
-
+    for _ in range(8):
         process = subprocess.Popen([sys.executable, "-m", "objsearch", *index_args(folder, root)], cwd=REPO,
                                    env={**os.environ, **env_path}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         # Let it get somewhere (start-up, then some commits), then kill it without warning.

@@ -22,7 +22,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from objsearch.errors import FormatVersionError, IndexLocked, IndexNotFound
 from objsearch.schema import SCHEMA_VERSION
@@ -125,19 +125,26 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temp file beside ``path``, fsync it, rename it over ``path``."""
+def durable_write(path: Path, write: Callable[[str], None]) -> None:
+    """Have ``write(temp_path)`` create the file's content beside ``path``, fsync it, rename it
+    over ``path`` and fsync the folder: afterwards ``path`` holds all of it or its old content."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; index files should read like any other file
+        write(tmp)
+        with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    durable_write(path, lambda tmp: Path(tmp).write_bytes(data))
 
 
 def write_manifest(root: Path, manifest: Manifest) -> None:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
@@ -12,23 +10,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from objsearch import schema
-from objsearch.store.layout import fsync_dir
+from objsearch.store.layout import durable_write
 
 
 def write_shard(table: pa.Table, path: Path) -> None:
-    """Write ``table`` to ``path`` durably: temp file, fsync, rename, fsync the folder."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        pq.write_table(table, tmp, compression="zstd")
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
+    """Write ``table`` to ``path`` durably (see ``layout.durable_write``)."""
+    durable_write(path, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
 
 
 def read_shards(paths: Sequence[Path], table_schema: pa.Schema, columns: Sequence[str] | None = None) -> pa.Table:

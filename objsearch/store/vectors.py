@@ -6,13 +6,11 @@ Embeddings are L2-normalised (float32 copies of the stored float16 values), so s
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from objsearch.store.layout import fsync_dir
+from objsearch.store.layout import durable_write
 
 logger = logging.getLogger(__name__)
 
@@ -45,18 +43,8 @@ def remove(index, ids: np.ndarray) -> int:
 
 
 def write(index, path: Path) -> None:
-    """Serialise durably (temp file, fsync, rename)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        _faiss().write_index(index, tmp)
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
+    """Serialise durably (see ``layout.durable_write``)."""
+    durable_write(path, lambda tmp: _faiss().write_index(index, tmp))
 
 
 def load(path: Path, *, mmap: bool = False):
