@@ -38,7 +38,8 @@ class Catalog:
         image_columns = ", ".join(f"i.{c}" for c in schema.IMAGES_SCHEMA.names if c != schema.IMAGE_ID)
         self.con.execute(f"CREATE VIEW objects_images AS SELECT {object_columns}, {image_columns} FROM objects o JOIN images i USING (image_id)")
         allowed = [str(p) for p in image_files + object_files]
-        self.con.execute("SET allowed_paths = $paths", {"paths": allowed}) if allowed else None
+        if allowed:
+            self.con.execute("SET allowed_paths = $paths", {"paths": allowed})
         self.con.execute("SET enable_external_access = false")
         self.con.execute("SET lock_configuration = true")
 
