@@ -24,9 +24,9 @@ from objsearch import schema
 from objsearch.embedders.base import DEFAULT_EMBEDDER, ObjectEmbedder, load_embedder
 from objsearch.errors import IndexNotFound, ObjsearchError
 from objsearch.store.layout import EmbedderInfo, read_manifest, resolve_index_path
-from objsearch.store.writer import ImageRecord, IndexWriter
+from objsearch.store.writer import ImageRecord, IndexWriter, check_embedder
 from indexer.decode import DecodeResult, load_file
-from indexer.discover import FileStat, discover, plan
+from indexer.discover import FileStat, IndexPlan, discover, plan
 
 logger = logging.getLogger(__name__)
 
@@ -78,11 +78,15 @@ def index_folders(
     started = time.perf_counter()
     summary = IndexSummary()
     root = resolve_index_path(index_path)
-    model = model or _recorded_model(root) or DEFAULT_EMBEDDER
-    if os.path.exists(model):  # a checkpoint directory: record it so it loads from anywhere
-        model = os.path.abspath(model)
-    embedder = embedder or load_embedder(model)
-    info = EmbedderInfo(embedder.name, embedder.version, int(embedder.embed_dim), source=model)
+    recorded = _recorded_embedder(root)
+    if embedder is None and model is None and recorded is not None:
+        info = recorded  # the index's own model; it loads only if there is something to embed
+    else:
+        model = model or DEFAULT_EMBEDDER
+        if os.path.exists(model):  # a checkpoint directory: record it so it loads from anywhere
+            model = os.path.abspath(model)
+        embedder = embedder or load_embedder(model)
+        info = EmbedderInfo.of(embedder, source=model)
     with IndexWriter(root, info) as writer:
         found = discover(roots, options.exclude)
         summary.skipped += [(path, f"unreadable folder: {reason}") for path, reason in found.unreadable_dirs]
@@ -92,21 +96,29 @@ def index_folders(
         replaces = {file.path: record.image_id for file, record in todo.changed}
         work = todo.new + [file for file, _ in todo.changed]
         logger.info("%d files: %d new, %d changed, %d unchanged, %d touched, %d deleted", len(found.files), len(todo.new), len(todo.changed), todo.unchanged, len(todo.touched), len(todo.deleted))
+        if work and embedder is None:
+            embedder = load_embedder(info.source or info.name)
+            check_embedder(writer.manifest, EmbedderInfo.of(embedder))
         _embed_and_write(writer, embedder, work, replaces, options, summary)
-        writer.commit()
+        _timed_commit(writer, summary)
     summary.seconds = time.perf_counter() - started
     return summary
 
 
-def _recorded_model(root: Path) -> str | None:
+def _recorded_embedder(root: Path) -> EmbedderInfo | None:
     try:
-        built = read_manifest(root).embedder
+        return read_manifest(root).embedder
     except IndexNotFound:
         return None
-    return built.source or built.name
 
 
-def _apply_metadata_changes(writer: IndexWriter, todo, summary: IndexSummary) -> None:
+def _timed_commit(writer: IndexWriter, summary: IndexSummary) -> None:
+    t0 = time.perf_counter()
+    writer.commit()
+    summary.stage_seconds["write"] += time.perf_counter() - t0
+
+
+def _apply_metadata_changes(writer: IndexWriter, todo: IndexPlan, summary: IndexSummary) -> None:
     writer.remove_images([record.image_id for record in todo.deleted])
     for file, record in todo.touched:
         writer.remove_images([record.image_id], keep_objects=True)
@@ -139,9 +151,7 @@ def _embed_and_write(writer, embedder, work: list[FileStat], replaces: dict[str,
             since_commit += len(batch)
             bar.update(len(batch))
             if since_commit >= options.commit_every:
-                t0 = time.perf_counter()
-                writer.commit()
-                summary.stage_seconds["write"] += time.perf_counter() - t0
+                _timed_commit(writer, summary)
                 since_commit = 0
     finally:
         bar.close()

@@ -1,8 +1,8 @@
 """Query an index: text -> objects, object -> objects, image region -> objects.
 
     index = objsearch.open_index(".objsearch")
-    for hit in index.search_text("red umbrella", k=10, where="width > 500"):
-        print(hit.path, hit.box_xyxy, hit.similarity)
+    hits = index.search_text("red umbrella", k=10, where="width > 500")
+    best = hits[0]  # best.path, best.box_xyxy (pixels), best.similarity
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ class Index:
         if isinstance(embedder, str):
             embedder = load_embedder(embedder)
         if embedder is not None:
-            check_embedder(manifest, _info(embedder))
+            check_embedder(manifest, EmbedderInfo.of(embedder))
             self._embedder = embedder
 
     # -- lazily loaded parts -----------------------------------------------------------------------
@@ -62,7 +62,7 @@ class Index:
         if self._embedder is None:
             built = self.manifest.embedder
             embedder = load_embedder(built.source or built.name)
-            check_embedder(self.manifest, _info(embedder))
+            check_embedder(self.manifest, EmbedderInfo.of(embedder))
             self._embedder = embedder
         return self._embedder
 
@@ -112,6 +112,9 @@ class Index:
         """
         if k < 1:
             raise BadQuery("k must be at least 1")
+        embedding = np.asarray(embedding, dtype=np.float32).reshape(-1)
+        if embedding.shape[0] != self.manifest.embedder.embed_dim:
+            raise BadQuery(f"query embedding has {embedding.shape[0]} dimensions; this index has {self.manifest.embedder.embed_dim}")
         allowed = self.catalog.filter_object_ids(where) if where else None
         index = self.vector_index
         available = index.ntotal if allowed is None else len(allowed)
@@ -175,10 +178,6 @@ class Index:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def _info(embedder: ObjectEmbedder) -> EmbedderInfo:
-    return EmbedderInfo(name=embedder.name, version=embedder.version, embed_dim=int(embedder.embed_dim))
 
 
 def _check_text(query: str) -> str:

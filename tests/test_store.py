@@ -131,6 +131,16 @@ def test_model_mismatch_is_refused_for_queries_and_indexing(tmp_path):
         index_folders([tmp_path / "imgs"], tmp_path / "idx", embedder=build_other(), options=OPTIONS)
 
 
+def test_an_index_that_never_committed_anything_takes_the_next_model(tmp_path):
+    (tmp_path / "empty").mkdir()
+    index(tmp_path / "empty", tmp_path / "idx")  # e.g. a first run killed before its first commit
+    make_dataset(tmp_path / "imgs", 1)
+    index_folders([tmp_path / "imgs"], tmp_path / "idx", embedder=build_other(), options=OPTIONS)
+    assert read_manifest(tmp_path / "idx").embedder.name == "other-blobs"
+    with pytest.raises(ModelMismatch):  # once it holds objects, the model is fixed
+        index(tmp_path / "imgs", tmp_path / "idx")
+
+
 def test_second_writer_is_told_who_holds_the_lock(tmp_path):
     make_dataset(tmp_path / "imgs", 1)
     index(tmp_path / "imgs", tmp_path / "idx")
@@ -199,3 +209,17 @@ def test_plan_keeps_files_of_unreadable_folders_and_retries_unread_files(tmp_pat
     todo = plan(found, known, [root])
     assert [r.path for r in todo.deleted] == [f"{root}/gone.png"]
     assert [f.path for f, _ in todo.changed] == [f"{root}/unread.png"]
+
+
+def test_a_rerun_with_nothing_to_do_does_not_load_the_model(tmp_path, monkeypatch):
+    import indexer.pipeline
+
+    make_dataset(tmp_path / "imgs", 2)
+    index(tmp_path / "imgs", tmp_path / "idx")
+    loads = []
+    monkeypatch.setattr(indexer.pipeline, "load_embedder", lambda name: loads.append(name) or build_blobs())
+    summary = index_folders([tmp_path / "imgs"], tmp_path / "idx", options=OPTIONS)
+    assert (summary.unchanged, loads) == (2, [])
+    make_scene(tmp_path / "imgs" / "new.png", 5)
+    summary = index_folders([tmp_path / "imgs"], tmp_path / "idx", options=OPTIONS)
+    assert (summary.indexed, loads) == (1, ["tests.blob_embedder:build"])

@@ -49,6 +49,11 @@ class EmbedderInfo:
     embed_dim: int
     source: str = ""
 
+    @classmethod
+    def of(cls, embedder, source: str = "") -> "EmbedderInfo":
+        """The identity of an ObjectEmbedder instance."""
+        return cls(embedder.name, embedder.version, int(embedder.embed_dim), source or embedder.name)
+
 
 @dataclass
 class FileEntry:

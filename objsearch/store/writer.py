@@ -7,6 +7,8 @@ crash before the manifest rename loses only the staged work, which the next run 
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import os
 import time
@@ -28,6 +30,7 @@ from objsearch.store.layout import (
     MANIFEST,
     OBJECTS_DIR,
     EmbedderInfo,
+    FileEntry,
     Manifest,
     WriterLock,
     file_entry,
@@ -75,12 +78,15 @@ class IndexWriter:
     def __init__(self, root: Path, embedder: EmbedderInfo, *, gc_grace_seconds: float = GC_GRACE_SECONDS) -> None:
         self.root = Path(root)
         self.gc_grace_seconds = gc_grace_seconds
-        if self.root.is_dir() and not (self.root / MANIFEST).exists() and any(p.name != LOCK for p in self.root.iterdir()):
-            raise ObjsearchError(f"{self.root} is not empty and holds no index; choose an empty or new --index directory")
         self.root.mkdir(parents=True, exist_ok=True)
+        had_lock_file = (self.root / LOCK).exists()
         self._lock = WriterLock(self.root)
-        self._lock.acquire()
+        self._lock.acquire()  # before looking inside: another writer may be creating the index
         try:
+            if not (self.root / MANIFEST).exists() and any(p.name != LOCK for p in self.root.iterdir()):
+                if not had_lock_file:
+                    (self.root / LOCK).unlink(missing_ok=True)
+                raise ObjsearchError(f"{self.root} is not empty and holds no index; choose an empty or new --index directory")
             self._load(embedder)
         except BaseException:
             self._lock.release()
@@ -89,16 +95,18 @@ class IndexWriter:
     def _load(self, embedder: EmbedderInfo) -> None:
         if (self.root / MANIFEST).exists():
             self.manifest = read_manifest(self.root)
+            if self.manifest.generation == 0 and not self.manifest.files():
+                self.manifest.embedder = embedder  # nothing was ever committed: any model may start it
+                write_manifest(self.root, self.manifest)
             check_embedder(self.manifest, embedder)
         else:
             self.manifest = Manifest(embedder=embedder)
             write_manifest(self.root, self.manifest)  # an empty index is still an index
         self.embed_dim = self.manifest.embedder.embed_dim
-        self._images = parquet.read_shards(self._paths(self.manifest.image_shards), schema.IMAGES_SCHEMA)
-        self._object_image_ids = {
-            entry.path: set(parquet.read_shards([self.root / entry.path], schema.objects_schema(self.embed_dim), [schema.IMAGE_ID]).column(0).to_pylist())
-            for entry in self.manifest.object_shards
-        }
+        self._images = parquet.read_shards([self.root / e.path for e in self.manifest.image_shards], schema.IMAGES_SCHEMA)
+        # Which images each shard holds: a removal then rewrites only the shards concerned.
+        self._image_ids_by_shard = self._shard_image_ids(self.manifest.image_shards, schema.IMAGES_SCHEMA)
+        self._object_image_ids = self._shard_image_ids(self.manifest.object_shards, schema.objects_schema(self.embed_dim))
         if self.manifest.vectors:
             self.index = vectors.load(self.root / self.manifest.vectors.path)
         else:
@@ -164,12 +172,15 @@ class IndexWriter:
 
     # -- committing --------------------------------------------------------------------------------
     def commit(self) -> None:
-        """Make everything staged visible at once, durably. A no-op when nothing is staged."""
+        """Make everything staged visible at once, durably. A no-op when nothing is staged.
+
+        If it raises (disk full, I/O error), the committed state on disk is untouched but this
+        writer's in-memory state is not: close it (the pipeline does, by letting the error out).
+        """
         if not self.staged_count:
             return
         previous = self.manifest
-        manifest = Manifest(**{**previous.__dict__})
-        manifest.generation = previous.generation + 1
+        manifest = dataclasses.replace(previous, generation=previous.generation + 1)
         tag = f"g{manifest.generation:08d}-{uuid.uuid4().hex[:8]}"
 
         removed_object_ids = self._rewrite_object_shards(manifest, tag)
@@ -196,45 +207,48 @@ class IndexWriter:
         self._collect_garbage(keep=self._referenced(manifest) | self._referenced(previous))
         logger.info("committed generation %d: %s", manifest.generation, manifest.counts)
 
+    def _drop_rows(self, entries: list[FileEntry], image_ids_by_shard: dict[str, set[int]], drop_ids: set[int],
+                   table_schema: pa.Schema, folder: str, tag: str) -> tuple[list[FileEntry], list[pa.Table]]:
+        """Rewrite, under new names, the shards that hold rows of images in ``drop_ids``, without
+        those rows. Returns (the table's new shard list, the dropped rows). Shards that hold none of
+        them are kept as they are and not read."""
+        kept: list[FileEntry] = []
+        dropped: list[pa.Table] = []
+        drop_set = pa.array(sorted(drop_ids), pa.int64())
+        for number, entry in enumerate(entries):
+            if not image_ids_by_shard[entry.path] & drop_ids:
+                kept.append(entry)
+                continue
+            table = parquet.read_shards([self.root / entry.path], table_schema)
+            drop = pc.is_in(table.column(schema.IMAGE_ID), value_set=drop_set)
+            dropped.append(table.filter(drop))
+            remaining = table.filter(pc.invert(drop))
+            del image_ids_by_shard[entry.path]
+            if remaining.num_rows:
+                relative = f"{folder}/{folder}-{tag}-r{number:05d}.parquet"
+                parquet.write_shard(remaining, self.root / relative)
+                kept.append(file_entry(self.root, relative))
+                image_ids_by_shard[relative] = set(remaining.column(schema.IMAGE_ID).to_pylist())
+        return kept, dropped
+
     def _rewrite_object_shards(self, manifest: Manifest, tag: str) -> np.ndarray:
         """Drop objects of removed images from the shards that hold them; returns their object ids."""
-        removed: list[np.ndarray] = []
-        kept_entries = []
-        for number, entry in enumerate(manifest.object_shards):
-            image_ids = self._object_image_ids[entry.path]
-            if not image_ids & self._staged_removals:
-                kept_entries.append(entry)
-                continue
-            table = parquet.read_shards([self.root / entry.path], schema.objects_schema(self.embed_dim))
-            drop = pc.is_in(table.column(schema.IMAGE_ID), value_set=pa.array(sorted(self._staged_removals), pa.int64()))
-            removed.append(table.filter(drop).column(schema.OBJECT_ID).to_numpy())
-            remaining = table.filter(pc.invert(drop))
-            del self._object_image_ids[entry.path]
-            if remaining.num_rows:
-                relative = f"{OBJECTS_DIR}/objects-{tag}-r{number:05d}.parquet"
-                parquet.write_shard(remaining, self.root / relative)
-                kept_entries.append(file_entry(self.root, relative))
-                self._object_image_ids[relative] = set(remaining.column(schema.IMAGE_ID).to_pylist())
-        manifest.object_shards = kept_entries
-        return np.concatenate(removed) if removed else np.zeros(0, np.int64)
+        if not self._staged_removals:
+            return np.zeros(0, np.int64)
+        manifest.object_shards, dropped = self._drop_rows(
+            manifest.object_shards, self._object_image_ids, self._staged_removals,
+            schema.objects_schema(self.embed_dim), OBJECTS_DIR, tag,
+        )
+        return np.concatenate([t.column(schema.OBJECT_ID).to_numpy() for t in dropped]) if dropped else np.zeros(0, np.int64)
 
     def _rewrite_image_shards(self, manifest: Manifest, tag: str) -> None:
+        """Drop removed image rows from the shards (and the in-memory table) that hold them."""
         if not self._staged_row_removals:
             return
+        manifest.image_shards, _ = self._drop_rows(
+            manifest.image_shards, self._image_ids_by_shard, self._staged_row_removals, schema.IMAGES_SCHEMA, IMAGES_DIR, tag
+        )
         drop_set = pa.array(sorted(self._staged_row_removals), pa.int64())
-        kept_entries = []
-        for number, entry in enumerate(manifest.image_shards):
-            table = parquet.read_shards([self.root / entry.path], schema.IMAGES_SCHEMA)
-            drop = pc.is_in(table.column(schema.IMAGE_ID), value_set=drop_set)
-            if not pc.any(drop).as_py():
-                kept_entries.append(entry)
-                continue
-            remaining = table.filter(pc.invert(drop))
-            if remaining.num_rows:
-                relative = f"{IMAGES_DIR}/images-{tag}-r{number:05d}.parquet"
-                parquet.write_shard(remaining, self.root / relative)
-                kept_entries.append(file_entry(self.root, relative))
-        manifest.image_shards = kept_entries
         self._images = self._images.filter(pc.invert(pc.is_in(self._images.column(schema.IMAGE_ID), value_set=drop_set)))
 
     def _write_new_shards(self, manifest: Manifest, tag: str) -> tuple[np.ndarray, np.ndarray]:
@@ -243,6 +257,7 @@ class IndexWriter:
             relative = f"{IMAGES_DIR}/images-{tag}.parquet"
             parquet.write_shard(table, self.root / relative)
             manifest.image_shards = manifest.image_shards + [file_entry(self.root, relative)]
+            self._image_ids_by_shard[relative] = set(table.column(schema.IMAGE_ID).to_pylist())
             self._images = pa.concat_tables([self._images, table])
         if not self._staged_embeddings:
             return np.zeros(0, np.int64), np.zeros((0, self.embed_dim), np.float32)
@@ -256,8 +271,11 @@ class IndexWriter:
         return table.column(schema.OBJECT_ID).to_numpy(), parquet.as_stored_embeddings(embeddings).astype(np.float32)
 
     # -- housekeeping --------------------------------------------------------------------------------
-    def _paths(self, entries) -> list[Path]:
-        return [self.root / e.path for e in entries]
+    def _shard_image_ids(self, entries: list[FileEntry], table_schema: pa.Schema) -> dict[str, set[int]]:
+        return {
+            e.path: set(parquet.read_shards([self.root / e.path], table_schema, [schema.IMAGE_ID]).column(0).to_pylist())
+            for e in entries
+        }
 
     @staticmethod
     def _referenced(manifest: Manifest) -> set[str]:
@@ -291,8 +309,6 @@ class IndexWriter:
 
 
 def _rle_json(mask: dict) -> str:
-    import json
-
     counts = mask.get("counts")
     if isinstance(counts, bytes):
         mask = {**mask, "counts": counts.decode("ascii")}
