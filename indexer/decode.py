@@ -26,11 +26,11 @@ class DecodeResult:
 def load_file(file: FileStat, max_pixels: int, max_side: int) -> DecodeResult:
     """Never raises for a bad file: unreadable or undecodable files come back with ``error`` set."""
     try:
-        digest = content_hash(file.path)
+        digest = content_hash(file.fs_path)
     except OSError as exc:
         return DecodeResult(file, "", None, f"cannot read file: {exc.strerror or exc}")
     try:
-        image = decode_image(file.path, max_pixels=max_pixels, max_side=max_side)
+        image = decode_image(file.fs_path, max_pixels=max_pixels, max_side=max_side)
     except BadImage as exc:
         return DecodeResult(file, digest, None, exc.reason)
     return DecodeResult(file, digest, image, None)

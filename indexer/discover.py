@@ -19,11 +19,25 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", "
 
 @dataclass(frozen=True)
 class FileStat:
-    """An image file found on disk: absolute path, size in bytes, modification time in ns."""
+    """An image file found on disk: absolute path, size in bytes, modification time in ns.
+
+    ``path`` is the name the index stores: always valid UTF-8 (undecodable bytes of a file name
+    appear as ``\\xNN`` escapes). ``fs_path`` is the name to open the file by.
+    """
 
     path: str
     file_size: int
     mtime_ns: int
+    fs_path: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.fs_path:
+            object.__setattr__(self, "fs_path", self.path)
+
+
+def display_path(fs_path: str) -> str:
+    """An OS path (which may hold undecodable bytes as surrogates) -> a valid UTF-8 string."""
+    return os.fsencode(fs_path).decode("utf-8", "backslashreplace")
 
 
 @dataclass
@@ -61,8 +75,9 @@ def discover(roots: Iterable[str | os.PathLike], exclude: Sequence[str] = ()) ->
             candidates = []
 
             def on_error(exc: OSError) -> None:
-                found.unreadable_dirs.append((exc.filename or "?", exc.strerror or str(exc)))
-                logger.warning("cannot read directory %s: %s", exc.filename, exc.strerror)
+                folder = display_path(str(exc.filename or "?"))
+                found.unreadable_dirs.append((folder, exc.strerror or str(exc)))
+                logger.warning("cannot read directory %s: %s", folder, exc.strerror)
 
             for folder, dirs, names in os.walk(root, onerror=on_error, followlinks=False):
                 dirs[:] = sorted(d for d in dirs if not _excluded(os.path.join(folder, d), root, exclude))
@@ -74,12 +89,15 @@ def discover(roots: Iterable[str | os.PathLike], exclude: Sequence[str] = ()) ->
                 continue
             try:
                 stat = os.stat(path)
-            except OSError as exc:  # a dangling symlink, or removed while walking
-                logger.warning("cannot stat %s: %s", path, exc.strerror)
-                found.unstatable.append(path)
-                continue
+            except OSError:
+                try:  # a dangling symlink or a symlink loop: listed, so its error gets recorded
+                    stat = os.lstat(path)
+                except OSError as exc:  # removed while walking
+                    logger.warning("cannot stat %s: %s", display_path(path), exc.strerror)
+                    found.unstatable.append(display_path(path))
+                    continue
             seen.add(path)
-            found.files.append(FileStat(path, stat.st_size, stat.st_mtime_ns))
+            found.files.append(FileStat(display_path(path), stat.st_size, stat.st_mtime_ns, fs_path=path))
     return found
 
 
@@ -120,7 +138,7 @@ def plan(found: Discovery, known: dict[str, ImageRecord], roots: Iterable[str | 
             result.changed.append((file, record))
         elif (record.file_size, record.mtime_ns) == (file.file_size, file.mtime_ns):
             result.unchanged += 1
-        elif record.file_size == file.file_size and _same_content(file.path, record.content_hash):
+        elif record.file_size == file.file_size and _same_content(file.fs_path, record.content_hash):
             result.touched.append((file, record))
         else:
             result.changed.append((file, record))

@@ -39,6 +39,10 @@ def _friendly_errors(command):
         except ObjsearchError as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(1) from None
+        except OSError as exc:  # disk full, I/O error, permissions: commits are atomic
+            where = f": {exc.filename}" if exc.filename else ""
+            typer.echo(f"error: {exc.strerror or exc}{where} (the index keeps its last committed state)", err=True)
+            raise typer.Exit(1) from None
         except KeyboardInterrupt:
             typer.echo("interrupted; the index keeps its last committed state", err=True)
             raise typer.Exit(130) from None
@@ -192,6 +196,35 @@ def sql(
     typer.echo("\t".join(columns))
     for row in rows:
         typer.echo("\t".join("" if v is None else str(v) for v in row))
+
+
+@app.command()
+@_friendly_errors
+def doctor(
+    repair: Annotated[bool, typer.Option("--repair", help="Rebuild what can be rebuilt from the remaining data.")] = False,
+    index_path: IndexOption = None,
+) -> None:
+    """Verify every index file against the manifest's checksums, and FAISS against Parquet."""
+    from objsearch.store.doctor import check_index, repair_index
+    from objsearch.store.layout import resolve_index_path
+
+    root = resolve_index_path(index_path)
+    if repair:
+        report = repair_index(root)
+        problems, remaining = report.problems, report.remaining
+    else:
+        problems = check_index(root)
+        remaining = problems
+    for problem in problems:
+        typer.echo(f"problem: {problem.path}: {problem.what}")
+    for line in report.repairs if repair else []:
+        typer.echo(f"repaired: {line}")
+    if remaining:
+        if repair:
+            for problem in remaining:
+                typer.echo(f"still broken: {problem.path}: {problem.what}")
+        raise ObjsearchError(f"{len(remaining)} problem(s) in {root}" + ("" if repair else "; run `objsearch doctor --repair`"))
+    typer.echo("index is healthy" + (" after repair; run `objsearch index` to re-embed what was dropped" if problems else ""))
 
 
 @app.command()

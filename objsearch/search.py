@@ -20,7 +20,7 @@ from objsearch.errors import BadQuery, IndexCorrupt
 from objsearch.hits import Hit
 from objsearch.store import vectors
 from objsearch.store.catalog import Catalog
-from objsearch.store.layout import EmbedderInfo, Manifest, read_manifest, resolve_index_path
+from objsearch.store.layout import EmbedderInfo, Manifest, missing_or_resized, read_manifest, resolve_index_path
 from objsearch.store.writer import check_embedder
 
 logger = logging.getLogger(__name__)
@@ -52,9 +52,10 @@ class Index:
                 self._vectors = vectors.new_index(self.manifest.embedder.embed_dim, self.manifest.index_type)
             else:
                 path = self.root / entry.path
-                if not path.is_file() or path.stat().st_size != entry.size:
-                    raise IndexCorrupt(f"{path} is missing or has the wrong size: the index is damaged or was rewritten; reopen it")
-                self._vectors = vectors.load(path)
+                try:
+                    self._vectors = vectors.load(path)
+                except RuntimeError as exc:
+                    raise IndexCorrupt(f"cannot load {path} ({_first_line(exc)}); run `objsearch doctor --repair`") from None
         return self._vectors
 
     @property
@@ -198,9 +199,14 @@ def open_index(path: str | os.PathLike | None = None, *, model: ObjectEmbedder |
     root = resolve_index_path(path)
     for attempt in range(retries):
         manifest = read_manifest(root)
-        missing = [e.path for e in manifest.files() if not (root / e.path).is_file()]
-        if not missing:
+        damaged = missing_or_resized(root, manifest)
+        if not damaged:
             return Index(root, manifest, model)
-        # A writer committed twice while we read; the newer manifest names files that exist.
-        logger.debug("index files vanished while opening (attempt %d): %s", attempt + 1, missing[:3])
-    raise IndexCorrupt(f"index at {root} names files that do not exist: {', '.join(missing[:5])}")
+        # Perhaps a writer replaced the manifest while we read it: look again before giving up.
+        logger.debug("index files missing or resized while opening (attempt %d): %s", attempt + 1, damaged[:3])
+        time.sleep(0.05)
+    raise IndexCorrupt(f"index at {root}: files missing or damaged: {', '.join(damaged[:5])}; run `objsearch doctor --repair`")
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

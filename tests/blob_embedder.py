@@ -86,3 +86,17 @@ class OtherBlobEmbedder(BlobEmbedder):
 
 def build_other(*, device: str | None = None) -> OtherBlobEmbedder:
     return OtherBlobEmbedder()
+
+
+class SlowBlobEmbedder(BlobEmbedder):
+    """The same, 20 ms per image: slow enough for kill and concurrency tests to catch it mid-run."""
+
+    def detect(self, images: Sequence[np.ndarray]) -> list[Detections]:
+        import time
+
+        time.sleep(0.02 * len(images))
+        return super().detect(images)
+
+
+def build_slow(*, device: str | None = None) -> SlowBlobEmbedder:
+    return SlowBlobEmbedder()

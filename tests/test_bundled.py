@@ -70,3 +70,9 @@ def test_embeddings_are_unit_length_and_text_cache_is_consistent(bundled_embedde
     assert np.allclose(np.linalg.norm(first, axis=1), 1.0, atol=1e-5)
     assert np.array_equal(first[0], first[2]) and np.array_equal(first[0], again[0])
     assert first.shape == (3, bundled_embedder.embed_dim) == (3, 512)
+
+
+def test_blank_and_tiny_images_give_no_objects_and_no_error(bundled_embedder):
+    for image in (np.full((64, 64, 3), 255, np.uint8), np.zeros((1, 1, 3), np.uint8)):
+        detections = bundled_embedder.detect([image])[0]
+        assert detections.embeddings.shape == (len(detections), 512)

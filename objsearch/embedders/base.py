@@ -42,7 +42,9 @@ class Detections:
         n = len(self.labels)
         self.boxes_xyxy = np.asarray(self.boxes_xyxy, dtype=np.float32).reshape(n, 4)
         self.scores = np.asarray(self.scores, dtype=np.float32).reshape(n)
-        self.embeddings = np.asarray(self.embeddings, dtype=np.float32).reshape(n, -1)
+        self.embeddings = np.asarray(self.embeddings, dtype=np.float32)
+        if self.embeddings.ndim != 2 or len(self.embeddings) != n:
+            raise ValueError(f"embeddings must be (N, D) with N = {n} objects, got {self.embeddings.shape}")
         self.captions = list(self.captions) or [None] * n
         self.masks = list(self.masks) or [None] * n
         if not (len(self.captions) == len(self.masks) == n):

@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from objsearch.errors import FormatVersionError, IndexLocked, IndexNotFound
+from objsearch.errors import FormatVersionError, IndexCorrupt, IndexLocked, IndexNotFound
 from objsearch.schema import SCHEMA_VERSION
 
 MANIFEST = "manifest.json"
@@ -106,7 +106,24 @@ def read_manifest(root: Path) -> Manifest:
     path = root / MANIFEST
     if not path.is_file():
         raise IndexNotFound(f"no index at {root} (run `objsearch index DIR` first, or pass --index)")
-    return Manifest.from_dict(json.loads(path.read_text(encoding="utf-8")))
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return Manifest.from_dict(data)
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as exc:
+        raise IndexCorrupt(f"{path} is unreadable ({exc}); it is only ever replaced atomically, so it was altered by hand") from None
+
+
+def missing_or_resized(root: Path, manifest: Manifest) -> list[str]:
+    """Committed files that are absent or whose size differs from the manifest's (a cheap check;
+    ``objsearch.store.doctor`` also verifies checksums)."""
+    bad = []
+    for entry in manifest.files():
+        try:
+            if (root / entry.path).stat().st_size != entry.size:
+                bad.append(entry.path)
+        except FileNotFoundError:
+            bad.append(entry.path)
+    return bad
 
 
 def sha256_file(path: Path) -> str:

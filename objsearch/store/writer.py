@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 
 from objsearch import schema
 from objsearch.embedders.base import Detections
-from objsearch.errors import ModelMismatch, ObjsearchError
+from objsearch.errors import IndexCorrupt, ModelMismatch, ObjsearchError
 from objsearch.store import parquet, vectors
 from objsearch.store.layout import (
     IMAGES_DIR,
@@ -34,7 +34,9 @@ from objsearch.store.layout import (
     Manifest,
     WriterLock,
     file_entry,
+    missing_or_resized,
     read_manifest,
+    sha256_file,
     write_manifest,
 )
 
@@ -99,10 +101,25 @@ class IndexWriter:
                 self.manifest.embedder = embedder  # nothing was ever committed: any model may start it
                 write_manifest(self.root, self.manifest)
             check_embedder(self.manifest, embedder)
+            # Verified in full before anything is written on top: a writer must not build on bad data
+            # (about a second per GB; readers check sizes only, `objsearch doctor` checks both).
+            damaged = missing_or_resized(self.root, self.manifest) or [
+                e.path for e in self.manifest.files() if sha256_file(self.root / e.path) != e.sha256
+            ]
+            if damaged:
+                raise IndexCorrupt(f"index files are missing or damaged: {', '.join(damaged[:5])}; run `objsearch doctor --repair`")
         else:
             self.manifest = Manifest(embedder=embedder)
             write_manifest(self.root, self.manifest)  # an empty index is still an index
         self.embed_dim = self.manifest.embedder.embed_dim
+        try:
+            self._load_committed_state()
+        except (pa.ArrowException, OSError, RuntimeError) as exc:  # RuntimeError: FAISS
+            raise IndexCorrupt(f"cannot read the index's files ({str(exc).splitlines()[0]}); run `objsearch doctor --repair`") from None
+        self._reset_staged()
+        self._collect_garbage(keep=self._referenced(self.manifest))
+
+    def _load_committed_state(self) -> None:
         self._images = parquet.read_shards([self.root / e.path for e in self.manifest.image_shards], schema.IMAGES_SCHEMA)
         # Which images each shard holds: a removal then rewrites only the shards concerned.
         self._image_ids_by_shard = self._shard_image_ids(self.manifest.image_shards, schema.IMAGES_SCHEMA)
@@ -111,8 +128,6 @@ class IndexWriter:
             self.index = vectors.load(self.root / self.manifest.vectors.path)
         else:
             self.index = vectors.new_index(self.embed_dim, self.manifest.index_type)
-        self._reset_staged()
-        self._collect_garbage(keep=self._referenced(self.manifest))
 
     def _reset_staged(self) -> None:
         self._staged_images: list[dict] = []
