@@ -40,6 +40,8 @@ class IndexOptions:
     max_pixels: int = 100_000_000  # larger images are skipped as likely decompression bombs
     max_side: int = 1600  # images are downscaled to this many pixels a side for the model
     progress: bool = True
+    index_type: str | None = None  # FAISS factory string; "" = automatic; None = keep the index's
+    max_index_memory: int | None = None  # bytes for the vector index; 0 = no budget; None = keep
 
 
 @dataclass
@@ -87,7 +89,7 @@ def index_folders(
             model = os.path.abspath(model)
         embedder = embedder or load_embedder(model)
         info = EmbedderInfo.of(embedder, source=model)
-    with IndexWriter(root, info) as writer:
+    with IndexWriter(root, info, index_type=options.index_type, max_index_memory=options.max_index_memory) as writer:
         found = discover(roots, options.exclude)
         summary.skipped += [(path, f"unreadable folder: {reason}") for path, reason in found.unreadable_dirs]
         todo = plan(found, writer.known_images(), roots)

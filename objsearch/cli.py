@@ -29,6 +29,26 @@ IndexOption = Annotated[
     typer.Option("--index", envvar="OBJSEARCH_INDEX", help="Index directory [default: ./.objsearch].", show_default=False),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+IndexTypeOption = Annotated[Optional[str], typer.Option("--index-type", help="FAISS factory string for the vectors (e.g. 'IVF4096,SQ8'), or 'auto' (chosen by size and memory budget).", show_default=False)]
+MaxMemoryOption = Annotated[Optional[str], typer.Option("--max-index-memory", help="Memory budget of the vector index, e.g. 4GB or 512MB ('0' = none).", show_default=False)]
+
+_UNITS = {"": 1, "B": 1, "K": 1 << 10, "KB": 1 << 10, "M": 1 << 20, "MB": 1 << 20, "G": 1 << 30, "GB": 1 << 30, "T": 1 << 40, "TB": 1 << 40}
+
+
+def _bytes(text: str | None) -> int | None:
+    """'4GB' -> 4294967296 (binary units); None stays None."""
+    if text is None:
+        return None
+    import re
+
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?B?)\s*", text.upper())
+    if not match:
+        raise BadQuery(f"--max-index-memory wants a size like 4GB or 512MB, got {text!r}")
+    return int(float(match.group(1)) * _UNITS[match.group(2)])
+
+
+def _index_type(text: str | None) -> str | None:
+    return None if text is None else ("" if text.strip().lower() == "auto" else text.strip())
 
 
 def _friendly_errors(command):
@@ -73,11 +93,14 @@ def index(
     commit_every: Annotated[int, typer.Option("--commit-every", min=1, help="Images per commit: the most a kill can lose.")] = 64,
     max_pixels: Annotated[int, typer.Option("--max-pixels", min=1, help="Skip images with more pixels (bomb guard).")] = 100_000_000,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
+    index_type: IndexTypeOption = None,
+    max_index_memory: MaxMemoryOption = None,
 ) -> None:
     """Detect and embed every object in the images below FOLDERS; only new or changed files are processed."""
     from indexer.pipeline import IndexOptions, index_folders
 
-    options = IndexOptions(exclude=tuple(exclude or ()), batch_size=batch_size, workers=workers, commit_every=commit_every, max_pixels=max_pixels, progress=progress)
+    options = IndexOptions(exclude=tuple(exclude or ()), batch_size=batch_size, workers=workers, commit_every=commit_every,
+                           max_pixels=max_pixels, progress=progress, index_type=_index_type(index_type), max_index_memory=_bytes(max_index_memory))
     summary = index_folders(folders, index_path, model=model, options=options)
     typer.echo(
         f"indexed {summary.indexed} images ({summary.objects_added} objects) in {summary.seconds:.1f} s "
@@ -196,6 +219,25 @@ def sql(
     typer.echo("\t".join(columns))
     for row in rows:
         typer.echo("\t".join("" if v is None else str(v) for v in row))
+
+
+@app.command()
+@_friendly_errors
+def reindex(
+    index_type: IndexTypeOption = None,
+    max_index_memory: MaxMemoryOption = None,
+    index_path: IndexOption = None,
+) -> None:
+    """Rebuild the vector index from the stored embeddings (optionally as another type)."""
+    from objsearch.store.layout import read_manifest, resolve_index_path
+    from objsearch.store.writer import IndexWriter
+
+    root = resolve_index_path(index_path)
+    with IndexWriter(root, read_manifest(root).embedder, index_type=_index_type(index_type), max_index_memory=_bytes(max_index_memory)) as writer:
+        writer.rebuild_vectors()
+        writer.commit()
+        manifest = writer.manifest
+    typer.echo(f"rebuilt the vector index: {manifest.index_type}, {manifest.counts['objects']} vectors")
 
 
 @app.command()

@@ -36,6 +36,7 @@ class Index:
         self.manifest = manifest
         self.catalog = Catalog(root, manifest)
         self._vectors = None
+        self._searcher: vectors.Searcher | None = None
         self._embedder: ObjectEmbedder | None = None
         if isinstance(embedder, str):
             embedder = load_embedder(embedder)
@@ -57,6 +58,12 @@ class Index:
                 except RuntimeError as exc:
                     raise IndexCorrupt(f"cannot load {path} ({_first_line(exc)}); run `objsearch doctor --repair`") from None
         return self._vectors
+
+    @property
+    def searcher(self) -> vectors.Searcher:
+        if self._searcher is None:
+            self._searcher = vectors.Searcher(self.vector_index)
+        return self._searcher
 
     @property
     def embedder(self) -> ObjectEmbedder:
@@ -122,7 +129,7 @@ class Index:
         fetch = k + len(exclude)
         started = time.perf_counter()
         while True:
-            scores, ids = vectors.search(index, embedding[None], fetch * (4 if per_image else 1), allowed)
+            scores, ids = self.searcher.search(embedding[None], fetch * (4 if per_image else 1), allowed)
             hits = self._select(scores[0], ids[0], k, min_score, per_image, set(exclude))
             exhausted = ids.shape[1] >= available or (min_score is not None and len(scores[0]) and scores[0][-1] < min_score)
             if len(hits) >= k or exhausted:

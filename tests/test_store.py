@@ -11,6 +11,7 @@ import pytest
 
 from indexer.pipeline import IndexOptions, index_folders
 from objsearch import open_index
+from objsearch.store import vectors
 from objsearch.box_ops import box_iou
 from objsearch.errors import IndexLocked, IndexNotFound, ModelMismatch, ObjsearchError
 from objsearch.store.layout import read_manifest
@@ -27,11 +28,9 @@ def index(folder, root, **kw):
 
 def consistency(root):
     """(parquet object ids, faiss ids) of the committed state."""
-    import faiss
-
     with open_index(root, model=build_blobs()) as idx:
         parquet_ids = sorted(r[0] for r in idx.sql("SELECT object_id FROM objects")[1])
-        faiss_ids = sorted(faiss.vector_to_array(idx.vector_index.id_map).tolist())
+        faiss_ids = sorted(vectors.all_ids(idx.vector_index).tolist())
     return parquet_ids, faiss_ids
 
 

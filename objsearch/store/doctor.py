@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 
 from objsearch import schema
 from objsearch.store import parquet, vectors
+from objsearch.store.writer import build_vectors_from_shards
 from objsearch.store.layout import FileEntry, Manifest, WriterLock, file_entry, read_manifest, sha256_file, write_manifest
 
 logger = logging.getLogger(__name__)
@@ -69,7 +70,7 @@ def check_index(root: Path) -> list[Problem]:
         index = vectors.load(root / manifest.vectors.path) if manifest.vectors else None
     except RuntimeError as exc:
         return [Problem(manifest.vectors.path, f"FAISS cannot load it: {exc}")]
-    faiss_ids = set(_faiss_ids(index)) if index is not None else set()
+    faiss_ids = set(vectors.all_ids(index).tolist()) if index is not None else set()
     parquet_ids = set(_object_ids(root, manifest.object_shards, manifest.embedder.embed_dim))
     if faiss_ids != parquet_ids:
         problems.append(Problem(manifest.vectors.path if manifest.vectors else "vectors",
@@ -136,10 +137,7 @@ def _filter_shards(root: Path, manifest: Manifest, attribute: str, table_schema,
 
 def _rebuild_vectors(root: Path, manifest: Manifest, report: DoctorReport) -> None:
     """FAISS rebuilt from the (float16) embeddings in Parquet, which FAISS always mirrors."""
-    index = vectors.new_index(manifest.embedder.embed_dim, manifest.index_type)
-    for entry in manifest.object_shards:
-        table = parquet.read_shards([root / entry.path], schema.objects_schema(manifest.embedder.embed_dim), [schema.OBJECT_ID, schema.EMBEDDING])
-        vectors.add(index, table.column(schema.OBJECT_ID).to_numpy(), parquet.embeddings_of(table))
+    index = build_vectors_from_shards(root, manifest, manifest.index_type)
     name = f"vectors-repaired-g{manifest.generation + 1:08d}.faiss"
     vectors.write(index, root / name)
     manifest.vectors = file_entry(root, name)
@@ -154,9 +152,3 @@ def _column(root: Path, entries: list[FileEntry], table_schema, column: str) -> 
 
 def _object_ids(root: Path, entries: list[FileEntry], dim: int) -> list[int]:
     return _column(root, entries, schema.objects_schema(dim), schema.OBJECT_ID)
-
-
-def _faiss_ids(index) -> np.ndarray:
-    import faiss
-
-    return faiss.vector_to_array(index.id_map)

@@ -72,7 +72,9 @@ class Manifest:
     image_shards: list[FileEntry] = field(default_factory=list)
     object_shards: list[FileEntry] = field(default_factory=list)
     vectors: FileEntry | None = None
-    index_type: str = "IDMap2,Flat"
+    index_type: str = "IDMap2,Flat"  # the FAISS factory string of ``vectors``
+    index_type_override: str = ""  # set by --index-type: used whatever the size
+    max_index_memory: int = 0  # bytes, set by --max-index-memory; 0 = no budget
     next_image_id: int = 0
     next_object_id: int = 0
     counts: dict[str, int] = field(default_factory=lambda: {"images": 0, "images_error": 0, "objects": 0})

@@ -77,9 +77,13 @@ GC_GRACE_SECONDS = 600.0
 class IndexWriter:
     """Holds the writer lock from ``open`` until ``close``. Use as a context manager."""
 
-    def __init__(self, root: Path, embedder: EmbedderInfo, *, gc_grace_seconds: float = GC_GRACE_SECONDS) -> None:
+    def __init__(self, root: Path, embedder: EmbedderInfo, *, gc_grace_seconds: float = GC_GRACE_SECONDS,
+                 index_type: str | None = None, max_index_memory: int | None = None) -> None:
+        """``index_type`` (a FAISS factory string, "" = automatic) and ``max_index_memory`` (bytes,
+        0 = none) change the index's vector settings from the next commit on; None keeps them."""
         self.root = Path(root)
         self.gc_grace_seconds = gc_grace_seconds
+        self._vector_settings = (index_type, max_index_memory)
         self.root.mkdir(parents=True, exist_ok=True)
         had_lock_file = (self.root / LOCK).exists()
         self._lock = WriterLock(self.root)
@@ -117,6 +121,17 @@ class IndexWriter:
         except (pa.ArrowException, OSError, RuntimeError) as exc:  # RuntimeError: FAISS
             raise IndexCorrupt(f"cannot read the index's files ({str(exc).splitlines()[0]}); run `objsearch doctor --repair`") from None
         self._reset_staged()
+        index_type, max_memory = self._vector_settings
+        if index_type is not None and index_type != self.manifest.index_type_override:
+            try:  # a bad string fails here, before any work
+                vectors.new_index(self.embed_dim, index_type or vectors.DEFAULT_INDEX_TYPE)
+            except RuntimeError as exc:
+                raise ObjsearchError(f"bad --index-type {index_type!r}: {str(exc).strip().splitlines()[-1]}") from None
+            self.manifest.index_type_override = index_type
+            self._rebuild_requested = True
+        if max_memory is not None and max_memory != self.manifest.max_index_memory:
+            self.manifest.max_index_memory = max_memory
+            self._rebuild_requested = True
         self._collect_garbage(keep=self._referenced(self.manifest))
 
     def _load_committed_state(self) -> None:
@@ -125,7 +140,7 @@ class IndexWriter:
         self._image_ids_by_shard = self._shard_image_ids(self.manifest.image_shards, schema.IMAGES_SCHEMA)
         self._object_image_ids = self._shard_image_ids(self.manifest.object_shards, schema.objects_schema(self.embed_dim))
         if self.manifest.vectors:
-            self.index = vectors.load(self.root / self.manifest.vectors.path)
+            self.index = vectors.load(self.root / self.manifest.vectors.path, mmap=False)
         else:
             self.index = vectors.new_index(self.embed_dim, self.manifest.index_type)
 
@@ -135,6 +150,7 @@ class IndexWriter:
         self._staged_embeddings: list[np.ndarray] = []
         self._staged_removals: set[int] = set()
         self._staged_row_removals: set[int] = set()
+        self._rebuild_requested = False
         self._next_image_id = self.manifest.next_image_id
         self._next_object_id = self.manifest.next_object_id
 
@@ -145,7 +161,11 @@ class IndexWriter:
 
     @property
     def staged_count(self) -> int:
-        return len(self._staged_images) + len(self._staged_removals) + len(self._staged_row_removals)
+        return len(self._staged_images) + len(self._staged_removals) + len(self._staged_row_removals) + self._rebuild_requested
+
+    def rebuild_vectors(self) -> None:
+        """Stage a rebuild of the FAISS index from Parquet (re-choosing its type) at the next commit."""
+        self._rebuild_requested = True
 
     # -- staging -----------------------------------------------------------------------------------
     def add_image(self, record: ImageRecord, detections: Detections | None = None) -> int:
@@ -204,6 +224,11 @@ class IndexWriter:
 
         vectors.remove(self.index, removed_object_ids)
         vectors.add(self.index, new_object_ids, new_embeddings)
+        target = self._target_index_type(int(self.index.ntotal))
+        if self._rebuild_requested or target != manifest.index_type:
+            logger.info("rebuilding the vector index as %s (%d vectors)", target, self.index.ntotal)
+            self.index = build_vectors_from_shards(self.root, manifest, target)
+            manifest.index_type = target
         vectors_name = f"vectors-{tag}.faiss"
         vectors.write(self.index, self.root / vectors_name)
         manifest.vectors = file_entry(self.root, vectors_name)
@@ -221,6 +246,11 @@ class IndexWriter:
         self._reset_staged()
         self._collect_garbage(keep=self._referenced(manifest) | self._referenced(previous))
         logger.info("committed generation %d: %s", manifest.generation, manifest.counts)
+
+    def _target_index_type(self, n_objects: int) -> str:
+        target = self.manifest.index_type_override or vectors.choose_index_type(n_objects, self.embed_dim, self.manifest.max_index_memory or None)
+        # Too few vectors to train it yet: stay exact; a later commit builds it.
+        return target if vectors.trainable(target, n_objects) else vectors.DEFAULT_INDEX_TYPE
 
     def _drop_rows(self, entries: list[FileEntry], image_ids_by_shard: dict[str, set[int]], drop_ids: set[int],
                    table_schema: pa.Schema, folder: str, tag: str) -> tuple[list[FileEntry], list[pa.Table]]:
@@ -321,6 +351,14 @@ class IndexWriter:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def build_vectors_from_shards(root: Path, manifest: Manifest, index_type: str):
+    """A FAISS index of ``index_type`` over every object in the manifest's shards. Parquet is the
+    source of truth; FAISS always holds exactly its (float16-rounded) embeddings."""
+    table = parquet.read_shards([root / e.path for e in manifest.object_shards],
+                                schema.objects_schema(manifest.embedder.embed_dim), [schema.OBJECT_ID, schema.EMBEDDING])
+    return vectors.build(table.column(schema.OBJECT_ID).to_numpy(), parquet.embeddings_of(table), index_type)
 
 
 def _rle_json(mask: dict) -> str:

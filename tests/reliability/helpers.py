@@ -9,6 +9,7 @@ import sys
 import numpy as np
 
 from objsearch import open_index
+from objsearch.store import vectors
 from objsearch.store.doctor import check_index
 from tests.blob_embedder import build as build_blobs
 from tests.conftest import REPO
@@ -20,13 +21,11 @@ def snapshot(root) -> tuple[list, list]:
     """(objects, images) as a user sees them, ids left out (a resumed run may number them
     differently), after asserting the invariants: every file matches its checksum, FAISS ids ==
     Parquet object ids, no duplicate ids, manifest counts == rows."""
-    import faiss
-
     assert check_index(root) == []
     with open_index(root, model=build_blobs()) as idx:
         rows = idx.sql("SELECT i.path, o.x1, o.y1, o.x2, o.y2, o.label, o.caption, o.embedding, o.object_id "
                        "FROM objects o JOIN images i USING (image_id) ORDER BY 1, 2, 3")[1]
-        faiss_ids = sorted(faiss.vector_to_array(idx.vector_index.id_map).tolist()) if idx.vector_index.ntotal else []
+        faiss_ids = sorted(vectors.all_ids(idx.vector_index).tolist()) if idx.vector_index.ntotal else []
         images = idx.sql("SELECT path, status, error FROM images ORDER BY path")[1]
         counts = idx.manifest.counts
     object_ids = sorted(r[-1] for r in rows)

@@ -1,0 +1,109 @@
+"""The vector index grows from exact to IVF by itself, can be forced and rebuilt, and filtered
+search returns exactly the top-k among the objects that pass the filter."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from indexer.pipeline import IndexOptions, index_folders
+from objsearch import open_index
+from objsearch.cli import app
+from objsearch.store import vectors
+from objsearch.store.layout import read_manifest
+from tests.blob_embedder import build as build_blobs
+from tests.conftest import BLOBS
+from tests.reliability.helpers import snapshot
+from tests.scenes import make_dataset
+
+runner = CliRunner()
+
+
+def index(folder, root, **options):
+    return index_folders([folder], root, embedder=build_blobs(), model=BLOBS,
+                         options=IndexOptions(progress=False, workers=1, commit_every=8, **options))
+
+
+def test_choice_follows_size_and_memory_budget():
+    assert vectors.choose_index_type(10_000, 512) == "IDMap2,Flat"
+    assert vectors.choose_index_type(1_000_000, 512) == "IVF4096,SQfp16"
+    assert vectors.choose_index_type(1_000_000, 512, max_memory_bytes=700 << 20) == "IVF4096,SQ8"
+    assert vectors.choose_index_type(1_000_000, 512, max_memory_bytes=200 << 20) == "IVF4096,PQ64"
+    assert vectors.choose_index_type(10_000, 512, max_memory_bytes=10 << 20) == "IVF256,SQ8"
+    assert vectors.choose_index_type(100_000_000, 512).startswith("IVF32768,")
+
+
+def test_the_index_switches_to_ivf_as_it_grows_and_stays_consistent(tmp_path, monkeypatch):
+    monkeypatch.setattr(vectors, "EXACT_MAX_OBJECTS", 60)
+    folder = tmp_path / "imgs"
+    make_dataset(folder, 12)  # 36 objects: exact
+    index(folder, tmp_path / "idx")
+    assert read_manifest(tmp_path / "idx").index_type == "IDMap2,Flat"
+    make_dataset(tmp_path / "more", 40, seed=5)
+    for path in (tmp_path / "more").glob("*.png"):
+        path.rename(folder / f"more-{path.name}")
+    index(folder, tmp_path / "idx")  # 156 objects: IVF
+    manifest = read_manifest(tmp_path / "idx")
+    assert manifest.index_type.startswith("IVF") and manifest.counts["objects"] == 156
+    (folder / "scene_0000.png").unlink()  # removal from an IVF index
+    index(folder, tmp_path / "idx")
+    objects, _ = snapshot(tmp_path / "idx")  # FAISS ids == Parquet ids, checksums, counts
+    assert len(objects) == 153
+    with open_index(tmp_path / "idx", model=build_blobs()) as idx:
+        assert idx.search_text("red", k=3)[0].label == "red box"
+
+
+@pytest.mark.parametrize("index_type", ["IDMap2,Flat", "IVF4,SQfp16"])
+@pytest.mark.parametrize("scan_max", [0, 10_000])  # 0: always the ID-selector path
+def test_filtered_search_is_the_exact_filtered_top_k(tmp_path, monkeypatch, index_type, scan_max):
+    monkeypatch.setattr(vectors, "SCAN_MAX_SELECTED", scan_max)
+    make_dataset(tmp_path / "imgs", 60)
+    index(tmp_path / "imgs", tmp_path / "idx", index_type=index_type)
+    with open_index(tmp_path / "idx", model=build_blobs()) as idx:
+        # nprobe = every list: the ANN part is then exhaustive, so any difference is the filter's fault
+        vectors.tune(idx.vector_index, nprobe=4)
+        assert read_manifest(tmp_path / "idx").index_type == index_type
+        ids, embeddings = [], []
+        for object_id, embedding in idx.sql("SELECT object_id, embedding FROM objects")[1]:
+            ids.append(object_id)
+            embeddings.append(embedding)
+        ids, embeddings = np.array(ids), np.array(embeddings, np.float32)
+        rng = np.random.default_rng(1)
+        for where, selected in [("object_id % 2 = 0", ids % 2 == 0), ("object_id % 50 = 0", ids % 50 == 0), ("object_id = 7", ids == 7)]:
+            query = embeddings[rng.integers(len(ids))]
+            hits = idx.search_embedding(query, k=10, where=where)
+            scores = embeddings[selected] @ query
+            expected = set(ids[selected][np.argsort(-scores, kind="stable")[: min(10, selected.sum())]])
+            tie = np.sort(scores)[::-1][min(10, selected.sum()) - 1]
+            got = {h.object_id for h in hits}
+            assert len(got) == len(expected)
+            # ties at the k-th score may be broken either way, and IVF-SQfp16 computes scores at
+            # float16 precision: compare scores (to 1e-3), not ids
+            assert all(h.similarity >= tie - 1e-3 for h in hits) and got <= set(ids[selected])
+
+
+def test_reindex_forces_a_type_and_auto_returns_to_the_choice(tmp_path):
+    make_dataset(tmp_path / "imgs", 10)
+    index(tmp_path / "imgs", tmp_path / "idx")
+    before = snapshot(tmp_path / "idx")
+    result = runner.invoke(app, ["reindex", "--index-type", "IVF2,SQ8", "--index", str(tmp_path / "idx")])
+    assert result.exit_code == 0, result.output
+    assert read_manifest(tmp_path / "idx").index_type == "IVF2,SQ8"
+    assert snapshot(tmp_path / "idx")[1] == before[1]
+    assert runner.invoke(app, ["reindex", "--index-type", "auto", "--index", str(tmp_path / "idx")]).exit_code == 0
+    assert read_manifest(tmp_path / "idx").index_type == "IDMap2,Flat"
+    assert snapshot(tmp_path / "idx") == before
+    bad = runner.invoke(app, ["reindex", "--index-type", "NoSuchIndex", "--index", str(tmp_path / "idx")])
+    assert bad.exit_code == 1 and "bad --index-type" in bad.output
+    bad = runner.invoke(app, ["reindex", "--max-index-memory", "lots", "--index", str(tmp_path / "idx")])
+    assert bad.exit_code == 1 and "4GB" in bad.output
+
+
+def test_large_index_files_are_memory_mapped(tmp_path, monkeypatch):
+    make_dataset(tmp_path / "imgs", 30)
+    index(tmp_path / "imgs", tmp_path / "idx", index_type="IVF4,SQfp16")
+    monkeypatch.setattr(vectors, "MMAP_MIN_BYTES", 0)
+    with open_index(tmp_path / "idx", model=build_blobs()) as idx:
+        hits = idx.search_text("blue", k=5)
+    assert hits and hits[0].label == "blue box"
