@@ -32,7 +32,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_INDEX_TYPE = "IDMap2,Flat"
 EXACT_MAX_OBJECTS = 50_000
 SCAN_MAX_SELECTED = 20_000
-DEFAULT_NPROBE = 32
+MIN_NPROBE = 32
 MMAP_MIN_BYTES = 256 << 20  # larger index files are memory-mapped when the index type allows it
 
 
@@ -65,10 +65,6 @@ def estimated_bytes_per_vector(index_type: str, embed_dim: int) -> int:
         pq = re.search(r"PQ(\d+)", index_type)
         code = int(pq.group(1)) if pq else 4 * embed_dim
     return code + 8 + 32  # + the id + the id map (IDMap2 arrays or the IVF direct-map hash table)
-
-
-def is_exact(index_type: str) -> bool:
-    return index_type == DEFAULT_INDEX_TYPE
 
 
 def new_index(embed_dim: int, index_type: str = DEFAULT_INDEX_TYPE):
@@ -110,11 +106,15 @@ def _nlist(index_type: str) -> int:
     return int(match.group(1)) if match else 1
 
 
-def tune(index, nprobe: int = DEFAULT_NPROBE) -> None:
-    """Set the search-time parameters an index type has (IVF: lists scanned per query)."""
+def tune(index, nprobe: int | None = None) -> None:
+    """Set the search-time parameters an index type has. IVF: lists scanned per query, by default
+    1/16 of them (at least MIN_NPROBE). Measured at 1M x 512-d, IVF4096 (benchmarks/ann.py):
+    nprobe 256 takes ~5 ms a query; on weakly clustered data recall@10 rises from 0.69 at
+    nprobe 32 to 0.84 at 256, and on clustered data it is ~1.0 from nprobe 32."""
     faiss = _faiss()
-    if isinstance(faiss.downcast_index(index), faiss.IndexIVF):
-        faiss.downcast_index(index).nprobe = nprobe
+    ivf = faiss.downcast_index(index)
+    if isinstance(ivf, faiss.IndexIVF):
+        ivf.nprobe = nprobe or min(ivf.nlist, max(MIN_NPROBE, ivf.nlist // 16))
 
 
 def add(index, ids: np.ndarray, embeddings: np.ndarray) -> None:
@@ -212,7 +212,3 @@ class Searcher:
             self._sorted_ids = np.sort(all_ids(self.index))
         return self._sorted_ids
 
-
-def search(index, queries: np.ndarray, k: int, allowed_ids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """One-off ``Searcher(index).search`` (readers that search repeatedly keep a Searcher)."""
-    return Searcher(index).search(queries, k, allowed_ids)
