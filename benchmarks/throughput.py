@@ -53,10 +53,11 @@ def model_only_vs_end_to_end(work: Path, copies: int, batch_size: int) -> None:
 
 def peak_rss_mib(folder: Path, index: Path) -> float:
     code = (
-        "import resource, sys; from objsearch.cli import main; sys.argv = ['objsearch', 'index', sys.argv[1], '--index', sys.argv[2], "
+        "import sys; from objsearch.cli import main; sys.argv = ['objsearch', 'index', sys.argv[1], '--index', sys.argv[2], "
         "'--model', 'tests.blob_embedder:build', '--no-progress', '--workers', '2'];\n"
         "try:\n    main()\nexcept SystemExit:\n    pass\n"
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)"
+        # VmHWM, not ru_maxrss: ru_maxrss keeps the parent's high-water mark across fork + exec.
+        "print(next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM')) / 1024)"
     )
     out = subprocess.run([sys.executable, "-c", code, str(folder), str(index)], cwd=REPO, capture_output=True, text=True, check=True)
     return float(out.stdout.strip().splitlines()[-1])
@@ -80,11 +81,14 @@ def main() -> None:
     parser.add_argument("--copies", type=int, default=8)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--memory-images", type=int, nargs="+", default=[1000, 10000])
+    parser.add_argument("--parts", nargs="+", choices=["model", "memory"], default=["model", "memory"])
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="objsearch-throughput-"))
     try:
-        model_only_vs_end_to_end(work, args.copies, args.batch_size)
-        memory_growth(work, args.memory_images)
+        if "model" in args.parts:
+            model_only_vs_end_to_end(work, args.copies, args.batch_size)
+        if "memory" in args.parts:
+            memory_growth(work, args.memory_images)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -35,6 +35,7 @@ class Catalog:
         self._create_view("images", image_files, _empty_select(schema.IMAGES_SCHEMA))
         self._create_view("objects", object_files, _empty_select(schema.objects_schema(manifest.embedder.embed_dim)))
         object_columns = ", ".join(f"o.{c}" for c in schema.objects_schema(1).names if c != schema.EMBEDDING)
+        self.con.execute(f"CREATE VIEW objects_meta AS SELECT {object_columns} FROM objects o")
         image_columns = ", ".join(f"i.{c}" for c in schema.IMAGES_SCHEMA.names if c != schema.IMAGE_ID)
         self.con.execute(f"CREATE VIEW objects_images AS SELECT {object_columns}, {image_columns} FROM objects o JOIN images i USING (image_id)")
         allowed = [str(p) for p in image_files + object_files]
@@ -50,11 +51,21 @@ class Catalog:
             self.con.execute(f"CREATE VIEW {name} AS {empty_select}")
 
     def filter_object_ids(self, where: str) -> np.ndarray:
-        """Object ids whose row in ``objects_images`` satisfies the SQL predicate ``where``."""
+        """Object ids whose row in ``objects_images`` satisfies the SQL predicate ``where``.
+
+        A predicate on object columns alone runs without the join to images (every object has
+        its image, so the result is the same), which is several times faster on large indexes.
+        """
         sql = f"SELECT object_id FROM objects_images WHERE ({where})"
         statements = self._parse(sql, f"bad --where predicate {where!r}")
         if len(statements) != 1:
             raise BadQuery(f"--where must be a single SQL predicate, got {where!r}")
+        try:
+            return self.con.execute(f"SELECT object_id FROM objects_meta WHERE ({where})").fetchnumpy()["object_id"].astype(np.int64)
+        except duckdb.BinderException:
+            pass  # names an image column: use the join
+        except duckdb.Error:
+            pass  # any other error is reported from the full query below
         try:
             return self.con.execute(sql).fetchnumpy()["object_id"].astype(np.int64)
         except duckdb.Error as exc:

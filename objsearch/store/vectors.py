@@ -163,6 +163,20 @@ def load(path: Path, *, mmap: bool | None = None):
     return index
 
 
+BITMAP_MAX_ID = 1 << 30  # ids below this are selected with a bitmap (at most 128 MiB), else a hash set
+
+
+def _selector(ids: np.ndarray):
+    """A FAISS ID selector for sorted unique int64 ``ids``. A bitmap is much cheaper to build and
+    to probe than IDSelectorBatch's hash set for large selections (measured: 500k ids)."""
+    faiss = _faiss()
+    if ids[-1] < BITMAP_MAX_ID and ids[0] >= 0:
+        mask = np.zeros(int(ids[-1]) + 1, dtype=bool)
+        mask[ids] = True
+        return faiss.IDSelectorBitmap(np.packbits(mask, bitorder="little"))  # the wrapper keeps the array alive
+    return faiss.IDSelectorBatch(ids)
+
+
 class Searcher:
     """Searches one loaded (read-only) index; caches the sorted ids that filtered scans use."""
 
@@ -186,7 +200,7 @@ class Searcher:
         k = max(1, min(k, len(allowed_ids)))
         if len(allowed_ids) <= SCAN_MAX_SELECTED:
             return self._scan(queries, k, allowed_ids)
-        selector = faiss.IDSelectorBatch(allowed_ids)
+        selector = _selector(allowed_ids)
         inner = faiss.downcast_index(index)
         if isinstance(inner, faiss.IndexIVF):
             params = faiss.SearchParametersIVF(sel=selector, nprobe=inner.nprobe)
