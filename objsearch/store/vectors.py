@@ -187,7 +187,7 @@ class Searcher:
     def search(self, queries: np.ndarray, k: int, allowed_ids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Top-k by inner product -> (scores (Q, k') float32, ids (Q, k') int64), k' <= k; id -1 = empty slot.
 
-        ``allowed_ids`` restricts the search to those object ids; the result is the top-k among them.
+        ``allowed_ids`` (unique object ids) restricts the search to them; the result is the top-k among them.
         """
         faiss = _faiss()
         index = self.index
@@ -196,7 +196,7 @@ class Searcher:
             return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
         if allowed_ids is None:
             return index.search(queries, max(1, min(k, index.ntotal)))
-        allowed_ids = np.unique(np.asarray(allowed_ids, dtype=np.int64))
+        allowed_ids = np.sort(np.asarray(allowed_ids, dtype=np.int64))  # np.unique costs 10x more here
         k = max(1, min(k, len(allowed_ids)))
         if len(allowed_ids) <= SCAN_MAX_SELECTED:
             return self._scan(queries, k, allowed_ids)
