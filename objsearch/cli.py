@@ -247,25 +247,21 @@ def doctor(
     index_path: IndexOption = None,
 ) -> None:
     """Verify every index file against the manifest's checksums, and FAISS against Parquet."""
-    from objsearch.store.doctor import check_index, repair_index
+    from objsearch.store.doctor import run_doctor
     from objsearch.store.layout import resolve_index_path
 
     root = resolve_index_path(index_path)
-    if repair:
-        report = repair_index(root)
-        problems, remaining = report.problems, report.remaining
-    else:
-        problems = check_index(root)
-        remaining = problems
-    for problem in problems:
+    report = run_doctor(root, repair=repair)
+    for problem in report.problems:
         typer.echo(f"problem: {problem.path}: {problem.what}")
-    for line in report.repairs if repair else []:
+    for line in report.repairs:
         typer.echo(f"repaired: {line}")
-    if remaining:
+    if report.remaining:
         if repair:
-            for problem in remaining:
+            for problem in report.remaining:
                 typer.echo(f"still broken: {problem.path}: {problem.what}")
-        raise ObjsearchError(f"{len(remaining)} problem(s) in {root}" + ("" if repair else "; run `objsearch doctor --repair`"))
+        raise ObjsearchError(f"{len(report.remaining)} problem(s) in {root}" + ("" if repair else "; run `objsearch doctor --repair`"))
+    problems = report.problems
     typer.echo("index is healthy" + (" after repair; run `objsearch index` to re-embed what was dropped" if problems else ""))
 
 

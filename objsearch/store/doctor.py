@@ -35,13 +35,17 @@ class Problem:
 
 @dataclass
 class DoctorReport:
-    problems: list[Problem] = field(default_factory=list)  # found before any repair
-    repairs: list[str] = field(default_factory=list)  # what --repair did
-    remaining: list[Problem] = field(default_factory=list)  # found after the repair
+    problems: list[Problem] = field(default_factory=list)  # found first
+    repairs: list[str] = field(default_factory=list)  # what a repair did
+    remaining: list[Problem] = field(default_factory=list)  # still there at the end
 
-    @property
-    def healthy(self) -> bool:
-        return not (self.remaining if self.repairs else self.problems)
+
+def run_doctor(root: Path, *, repair: bool) -> DoctorReport:
+    """Check the index; with ``repair``, also repair it and check again."""
+    if repair:
+        return repair_index(root)
+    problems = check_index(root)
+    return DoctorReport(problems=problems, remaining=problems)
 
 
 def _file_problem(root: Path, entry: FileEntry) -> str | None:
