@@ -23,6 +23,14 @@ from tests.scenes import make_dataset
 OPTIONS = IndexOptions(progress=False, workers=1, commit_every=4, batch_size=2)
 
 
+def dataset_and_clean_run(tmp_path, images: int):
+    """Generate ``images`` scenes and index them once, undisturbed: (folder, what a user sees)."""
+    folder = tmp_path / "imgs"
+    make_dataset(folder, images)
+    index_folders([folder], tmp_path / "clean", embedder=build_blobs(), model=BLOBS, options=OPTIONS)
+    return folder, snapshot(tmp_path / "clean")
+
+
 def inject_write_failure(monkeypatch, fail_on: int, code: int = errno.EIO) -> None:
     """Make the ``fail_on``-th durable write of the store (1-based) raise OSError, half-way: after
     the temp file is written, before it is renamed into place."""
@@ -49,11 +57,7 @@ def test_an_io_error_at_any_write_leaves_the_last_commit_intact(tmp_path, monkey
     """Write 1 is the new index's empty manifest; then each commit makes 4 durable writes (images
     shard, objects shard, vectors, manifest), so these points hit each kind of write, in the
     first and later commits."""
-    folder = tmp_path / "imgs"
-    make_dataset(folder, 12)
-    clean = tmp_path / "clean"
-    index_folders([folder], clean, embedder=build_blobs(), model=BLOBS, options=OPTIONS)
-    expected = snapshot(clean)
+    folder, expected = dataset_and_clean_run(tmp_path, 12)
 
     root = tmp_path / "idx"
     inject_write_failure(monkeypatch, fail_on)
@@ -93,11 +97,7 @@ def small_tmpfs(tmp_path):
 
 
 def test_a_full_disk_stops_indexing_cleanly_and_a_later_run_completes(tmp_path, small_tmpfs):
-    folder = tmp_path / "imgs"
-    make_dataset(folder, 400)
-    clean = tmp_path / "clean"
-    index_folders([folder], clean, embedder=build_blobs(), model=BLOBS, options=OPTIONS)
-    expected = snapshot(clean)
+    folder, expected = dataset_and_clean_run(tmp_path, 400)
 
     root = small_tmpfs / "idx"
     runner = CliRunner()
