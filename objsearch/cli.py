@@ -277,5 +277,28 @@ def samples(dest: Annotated[Path, typer.Argument(help="Folder to copy the photos
     typer.echo(f"{len(copies)} sample photos in {dest}")
 
 
+bench_app = typer.Typer(help="Benchmarks: measure models on your own COCO-format data.", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+
+
+@bench_app.command("coco-search")
+@_friendly_errors
+def bench_coco_search(
+    data: Annotated[Optional[Path], typer.Option("--data", help="COCO-format directory: annotations/instances_*.json + images (optional refs_*.json) (default: the built-in synthetic set).", show_default=False)] = None,
+    model: Annotated[Optional[list[str]], typer.Option("--model", help="Embedder name, 'module:factory', or checkpoint dir; repeat to compare several (default: bundled).", show_default=False)] = None,
+    split: Annotated[Optional[str], typer.Option("--split", help="Which instances_SPLIT.json to measure, e.g. val2017 or val (default: test, else val).", show_default=False)] = None,
+    max_images: Annotated[Optional[int], typer.Option("--max-images", min=1, help="Measure only the first N images (by id).", show_default=False)] = None,
+    out: Annotated[Path, typer.Option("--out", help="Folder for results.json, results.md and pr_curve.png.")] = Path("bench-results"),
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the synthetic set and of sampled queries.")] = 0,
+) -> None:
+    """Run every --model on the same COCO-format split: detection AP, text/object retrieval, zero-shot, kNN purity, CIDEr, speed."""
+    from benchmarks.coco_search import run_coco_search
+    from benchmarks.report import LEGEND, markdown_table
+
+    results = run_coco_search(data, model or ["bundled"], out, max_images, seed, split=split)
+    typer.echo(markdown_table(results))
+    typer.echo(f"\n{LEGEND}\n\nwritten: {out / 'results.json'}, {out / 'results.md'}, {out / 'pr_curve.png'}")
+
+
 def main() -> None:
     app()

@@ -150,3 +150,4 @@ def _load_from_import_path(spec: str, device: str | None) -> ObjectEmbedder:
 def _import_builtin_embedders() -> None:
     # Imported lazily: registering must not pull in torch/OpenCV for `objsearch --help`.
     importlib.import_module("objsearch.embedders.bundled")
+    importlib.import_module("objsearch.embedders.objembed")

@@ -1,0 +1,167 @@
+"""The ``objembed`` embedder: an ObjEmbed checkpoint (or an in-memory model) behind the engine's contract.
+
+``objsearch index --model path/to/checkpoint`` routes here. Every object gets the model's own 512-d
+embedding; its label is the nearest of the checkpoint's category names in the text space (zero-shot),
+its caption comes from the caption head (greedy), and its mask from the mask head (COCO RLE).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from objsearch.box_ops import xyxy_to_cxcywh
+from objsearch.embedders.base import Detections, register_embedder
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_SCORE_THRESHOLD = 0.3  # objects scoring below this (objectness x predicted IoU) are not stored
+
+
+class ObjEmbedEmbedder:
+    name = "objembed"
+
+    def __init__(self, model, *, version: str, score_threshold: float = DEFAULT_SCORE_THRESHOLD,
+                 max_objects: int = 50, batch_size: int = 16, with_captions: bool = True,
+                 with_masks: bool = True) -> None:
+        import torch
+
+        self.torch = torch
+        self.model = model.eval()
+        self.version = version
+        self.embed_dim = int(model.config.embed_dim)
+        self.score_threshold = score_threshold
+        self.max_objects = max_objects
+        self.batch_size = batch_size
+        self.with_captions = with_captions
+        self.with_masks = with_masks
+        self._label_embeddings = None
+
+    @property
+    def device(self):
+        return self.model.device
+
+    def _inputs(self, images: Sequence[np.ndarray]):
+        from objsearch.model.preprocess import letterbox
+
+        boxed = [letterbox(image, self.model.config.image_size) for image in images]
+        batch = self.torch.stack([tensor for tensor, _ in boxed]).to(self.device)
+        return self.model.normalize(batch), [scale for _, scale in boxed]
+
+    def label_embeddings(self):
+        """(C, E) text embeddings of the checkpoint's category names (computed once)."""
+        if self._label_embeddings is None and self.model.config.categories:
+            with self.torch.no_grad():
+                self._label_embeddings = self.model.encode_text(list(self.model.config.categories))
+        return self._label_embeddings
+
+    def detect(self, images: Sequence[np.ndarray]) -> list[Detections]:
+        results: list[Detections] = []
+        for start in range(0, len(images), self.batch_size):
+            results.extend(self._detect_batch(images[start : start + self.batch_size]))
+        return results
+
+    def _detect_batch(self, images: Sequence[np.ndarray]) -> list[Detections]:
+        from objsearch.model.postprocess import postprocess
+
+        torch = self.torch
+        inputs, scales = self._inputs(images)
+        with torch.no_grad():
+            outputs = self.model(inputs)
+            kept = postprocess(outputs, scales, [im.shape[:2] for im in images], self.score_threshold,
+                               self.max_objects, with_masks=self.with_masks,
+                               input_size=self.model.config.image_size)
+            detections = []
+            for objects in kept:
+                embeddings = torch.from_numpy(objects.embeddings).to(self.device)
+                detections.append(Detections(
+                    objects.boxes_xyxy, objects.scores, self._labels(embeddings), objects.embeddings,
+                    self._captions(embeddings) if self.with_captions else [],
+                    _rle_masks(objects.masks) if objects.masks is not None else [],
+                ))
+        return detections
+
+    def _labels(self, embeddings) -> list[str]:
+        names = self.model.config.categories
+        if not names or len(embeddings) == 0:
+            return ["object"] * len(embeddings)
+        best = (embeddings @ self.label_embeddings().T).argmax(-1)
+        return [names[int(i)] for i in best]
+
+    def _captions(self, embeddings) -> list[str | None]:
+        return caption_objects(self.model, embeddings)
+
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        with self.torch.no_grad():
+            return self.model.encode_text(list(texts)).float().cpu().numpy()
+
+    def embed_regions(self, image: np.ndarray, boxes_xyxy: np.ndarray) -> np.ndarray:
+        """Each given box becomes a box query of the decoder (the same path denoising trains), whose
+        embedding describes the object in that box. (N, 4) pixels -> (N, E)."""
+        torch = self.torch
+        boxes = np.asarray(boxes_xyxy, dtype=np.float64).reshape(-1, 4)
+        if len(boxes) == 0:
+            return np.zeros((0, self.embed_dim), np.float32)
+        inputs, scales = self._inputs([image])
+        normalised = xyxy_to_cxcywh(boxes * scales[0] / self.model.config.image_size)
+        extra = torch.as_tensor(normalised, dtype=torch.float32, device=self.device)[None]
+        with torch.no_grad():
+            outputs = self.model(inputs, extra_boxes=extra, extra_groups=len(boxes))
+        return outputs["extra"]["embeddings"][0].float().cpu().numpy()
+
+
+    def describe_regions(self, image: np.ndarray, boxes_xyxy: np.ndarray) -> list[str]:
+        """A caption for each given (N, 4) pixel box, from the caption head."""
+        embeddings = self.torch.from_numpy(self.embed_regions(image, boxes_xyxy)).to(self.device)
+        with self.torch.no_grad():
+            return caption_objects(self.model, embeddings)
+
+
+def caption_objects(model, embeddings, beam_size: int = 1) -> list[str]:
+    """(N, E) object embeddings -> N captions from the caption head."""
+    if len(embeddings) == 0:
+        return []
+    tokenizer = model.text.tokenizer
+    ids = model.caption_head.generate(embeddings, tokenizer.cls_token_id, tokenizer.sep_token_id, beam_size)
+    return [tokenizer.decode(row, skip_special_tokens=True).strip() for row in ids]
+
+
+def _rle_masks(masks: np.ndarray) -> list[dict]:
+    from pycocotools import mask as mask_utils
+
+    encoded = []
+    for mask in masks:
+        rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+        rle["counts"] = rle["counts"].decode("ascii")
+        encoded.append(rle)
+    return encoded
+
+
+def checkpoint_version(path: Path) -> str:
+    """'objembed/<first 16 hex of the weights' sha256>': indexes refuse queries from other weights."""
+    digest = hashlib.sha256()
+    with open(path / "model.safetensors", "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return f"objembed/{digest.hexdigest()[:16]}"
+
+
+@register_embedder("objembed")
+def build(path: str | Path | None = None, device: str | None = None, **options) -> ObjEmbedEmbedder:
+    """Load the checkpoint directory ``path`` (config.json + model.safetensors + tokenizer files)."""
+    import torch
+
+    from objsearch.errors import UnknownModel
+    from objsearch.model.checkpoint import load_checkpoint
+
+    if path is None:
+        raise UnknownModel("the objembed embedder needs a checkpoint directory: --model path/to/checkpoint")
+    path = Path(path)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = load_checkpoint(path, device=device)
+    logger.info("ObjEmbed checkpoint %s loaded on %s", path, device)
+    return ObjEmbedEmbedder(model, version=checkpoint_version(path), **options)

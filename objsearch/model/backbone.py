@@ -1,0 +1,71 @@
+"""The image encoder: a timm Vision Transformer whose patch tokens become a feature map."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import nn
+
+from objsearch.model.config import ObjEmbedConfig
+
+logger = logging.getLogger(__name__)
+
+
+class ResidualBlock(nn.Module):
+    """Two 3x3 convolutions with GroupNorm and a skip connection (ResNet basic block, same width)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(channels, channels, 3, padding=1, bias=False), nn.GroupNorm(8, channels), nn.GELU(),
+            nn.Conv2d(channels, channels, 3, padding=1, bias=False), nn.GroupNorm(8, channels),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.gelu(x + self.body(x))
+
+
+def conv_stem(out_channels: int, stride: int, blocks_per_stage: int = 0) -> nn.Sequential:
+    """A stack of 3x3 stride-2 convolutions reaching ``stride`` (a power of two >= 2), each followed
+    by ``blocks_per_stage`` residual blocks, then a 1x1 to ``out_channels``. Replaces the ViT's single
+    patchify convolution: early convolutions make ViTs train faster and more stably (Xiao et al.,
+    2021), which matters when training from scratch."""
+    if stride < 2 or stride & (stride - 1):
+        raise ValueError(f"conv stem stride must be a power of two >= 2, got {stride}")
+    layers: list[nn.Module] = []
+    channels, width = 3, 32
+    while stride > 1:
+        layers += [nn.Conv2d(channels, width, 3, stride=2, padding=1, bias=False), nn.GroupNorm(8, width), nn.GELU()]
+        layers += [ResidualBlock(width) for _ in range(blocks_per_stage)]
+        channels, width, stride = width, min(width * 2, out_channels), stride // 2
+    layers.append(nn.Conv2d(channels, out_channels, 1))
+    return nn.Sequential(*layers)
+
+
+class ViTBackbone(nn.Module):
+    """images (B, 3, S, S) normalised -> features (B, C, S/p, S/p), C = the ViT width, p = patch size."""
+
+    def __init__(self, config: ObjEmbedConfig) -> None:
+        super().__init__()
+        import timm
+
+        self.vit = timm.create_model(
+            config.backbone,
+            pretrained=config.backbone_pretrained,
+            img_size=config.image_size,
+            num_classes=0,
+            **config.backbone_kwargs,
+        )
+        self.patch_size = config.patch_size
+        self.grid = config.image_size // self.patch_size
+        self.num_channels = int(self.vit.embed_dim)
+        if config.conv_stem:
+            self.vit.patch_embed.proj = conv_stem(self.num_channels, self.patch_size, config.conv_stem_blocks)
+        logger.info("backbone %s: %d channels, %dx%d grid", config.backbone, self.num_channels, self.grid, self.grid)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        tokens = self.vit.forward_features(images)  # (B, prefix + grid*grid, C)
+        tokens = tokens[:, self.vit.num_prefix_tokens :]
+        batch = tokens.shape[0]
+        return tokens.transpose(1, 2).reshape(batch, self.num_channels, self.grid, self.grid)

@@ -1,0 +1,74 @@
+"""Raw ObjEmbed outputs -> per-image objects in original pixels."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class ImageObjects:
+    """The kept objects of one image.
+
+    boxes_xyxy: (N, 4) float32 original-image pixels; scores: (N,) float32 in [0, 1] =
+    objectness x predicted quality (IoU); embeddings: (N, E) float32 L2-normalised;
+    query_index: (N,) int64 decoder query of each object; masks: (N, H, W) bool or None.
+    """
+
+    boxes_xyxy: np.ndarray
+    scores: np.ndarray
+    embeddings: np.ndarray
+    query_index: np.ndarray
+    masks: np.ndarray | None = None
+
+
+def object_scores(objectness_logits: torch.Tensor, quality_logits: torch.Tensor) -> torch.Tensor:
+    """(..., Q) -> (..., Q) detection score: the object probability times the predicted IoU, so a
+    well-localised object outranks a sloppy box of the same object."""
+    return objectness_logits.sigmoid() * quality_logits.sigmoid()
+
+
+def postprocess(outputs: dict, scales: list[float], original_sizes: list[tuple[int, int]],
+                score_threshold: float = 0.05, max_objects: int = 100, with_masks: bool = False,
+                input_size: int | None = None) -> list[ImageObjects]:
+    """Select and convert each image's queries.
+
+    outputs: the model's dict (last decoder layer used); scales: model-input pixels per original pixel;
+    original_sizes: (height, width) per image; input_size: the square input side (needed for masks).
+    """
+    boxes = outputs["boxes"][-1].float()  # (B, Q, 4) cxcywh in [0, 1]
+    scores = object_scores(outputs["objectness"][-1].float(), outputs["quality"].float())
+    side = boxes.new_tensor(float(input_size or 1))
+    results = []
+    for b, (scale, (height, width)) in enumerate(zip(scales, original_sizes)):
+        order = scores[b].argsort(descending=True)[:max_objects]
+        order = order[scores[b, order] >= score_threshold]
+        cx, cy, w, h = boxes[b, order].unbind(-1)
+        xyxy = torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], -1) * side / scale
+        xyxy[:, 0::2] = xyxy[:, 0::2].clamp(0, width)
+        xyxy[:, 1::2] = xyxy[:, 1::2].clamp(0, height)
+        masks = None
+        if with_masks:
+            masks = _masks_to_image(outputs["mask_logits"][b, order].float(), scale, int(side), height, width)
+        results.append(ImageObjects(
+            boxes_xyxy=xyxy.cpu().numpy().astype(np.float32),
+            scores=scores[b, order].cpu().numpy().astype(np.float32),
+            embeddings=outputs["embeddings"][b, order].float().cpu().numpy(),
+            query_index=order.cpu().numpy(),
+            masks=masks,
+        ))
+    return results
+
+
+def _masks_to_image(logits: torch.Tensor, scale: float, input_size: int, height: int, width: int) -> np.ndarray:
+    """(N, M, M) logits over the square input -> (N, height, width) bool in original pixels."""
+    if len(logits) == 0:
+        return np.zeros((0, height, width), dtype=bool)
+    full = F.interpolate(logits[:, None], size=(input_size, input_size), mode="bilinear", align_corners=False)
+    valid_h, valid_w = max(1, round(height * scale)), max(1, round(width * scale))
+    cropped = full[:, :, :valid_h, :valid_w]
+    resized = F.interpolate(cropped, size=(height, width), mode="bilinear", align_corners=False)[:, 0]
+    return (resized > 0).cpu().numpy()

@@ -1,0 +1,148 @@
+"""Mixed-source batch sampling: proportions, coverage, determinism, DDP ranks, DataLoader use."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import chisquare
+
+from training.data.mixing import MixedBatchSampler, MixedDataset
+
+SIZES = {"coco": 500, "cc3m": 2000, "tiny": 7}
+MIX = {"coco": 7.0, "cc3m": 2.0, "tiny": 1.0}  # not normalised on purpose
+
+
+def epoch_batches(sampler: MixedBatchSampler, epoch: int) -> list[list[tuple[str, int]]]:
+    sampler.set_epoch(epoch)
+    return list(sampler)
+
+
+def stream(sampler: MixedBatchSampler, source: str, epochs: range) -> list[int]:
+    """The indices drawn from ``source`` in order, over several epochs."""
+    return [i for e in epochs for batch in epoch_batches(sampler, e) for s, i in batch if s == source]
+
+
+def test_batches_have_the_configured_shape_and_valid_indices():
+    sampler = MixedBatchSampler(SIZES, MIX, batch_size=16, num_batches=30)
+    batches = list(sampler)
+    assert len(sampler) == len(batches) == 30
+    assert all(len(b) == 16 for b in batches)
+    for batch in batches:
+        for source, index in batch:
+            assert isinstance(index, int) and 0 <= index < SIZES[source]
+    # Batches are mixed: most batches hold more than one source.
+    assert sum(len({s for s, _ in b}) > 1 for b in batches) > 25
+
+
+def test_empirical_proportions_match_the_mix():
+    sampler = MixedBatchSampler(SIZES, MIX, batch_size=32, num_batches=200, seed=3)
+    counts = Counter(s for batch in sampler for s, _ in batch)
+    names = sorted(MIX)
+    observed = np.array([counts[n] for n in names])
+    total = observed.sum()
+    expected = np.array([MIX[n] for n in names]) / sum(MIX.values()) * total
+    assert chisquare(observed, expected).pvalue > 1e-3
+    # The test has power: the same counts are far from a uniform mix.
+    assert chisquare(observed, np.full(3, total / 3)).pvalue < 1e-3
+
+
+def test_a_small_source_is_fully_visited_before_any_repeat_across_epochs():
+    sampler = MixedBatchSampler(SIZES, MIX, batch_size=8, num_batches=40)
+    drawn = stream(sampler, "tiny", range(3))
+    assert len(drawn) > 4 * SIZES["tiny"]
+    cycles = [drawn[k : k + 7] for k in range(0, len(drawn) - 6, 7)]
+    assert all(sorted(c) == list(range(7)) for c in cycles)
+    assert len({tuple(c) for c in cycles}) > 1  # reshuffled each cycle
+
+
+def test_a_large_source_does_not_repeat_across_epochs():
+    sampler = MixedBatchSampler(SIZES, MIX, batch_size=8, num_batches=40)
+    drawn = stream(sampler, "coco", range(2))
+    assert 300 < len(drawn) < SIZES["coco"]  # two epochs stay within the first permutation
+    assert len(set(drawn)) == len(drawn)
+
+
+def test_same_seed_and_epoch_give_the_same_batches():
+    a = MixedBatchSampler(SIZES, MIX, batch_size=8, num_batches=20, seed=5)
+    b = MixedBatchSampler(
+        dict(reversed(SIZES.items())), dict(reversed(MIX.items())), batch_size=8, num_batches=20, seed=5
+    )
+    assert epoch_batches(a, 0) == epoch_batches(b, 0)  # dict order does not matter
+    assert epoch_batches(a, 0) == epoch_batches(a, 0)  # re-iterating repeats the epoch
+    assert epoch_batches(a, 1) != epoch_batches(a, 0)
+    other_seed = MixedBatchSampler(SIZES, MIX, batch_size=8, num_batches=20, seed=6)
+    assert epoch_batches(other_seed, 0) != epoch_batches(a, 0)
+
+
+def test_jumping_to_an_epoch_matches_walking_there():
+    walked = MixedBatchSampler(SIZES, MIX, batch_size=8, num_batches=20, seed=1)
+    for epoch in range(4):
+        epoch_batches(walked, epoch)
+    resumed = MixedBatchSampler(SIZES, MIX, batch_size=8, num_batches=20, seed=1)
+    assert epoch_batches(resumed, 4) == epoch_batches(walked, 4)
+    assert epoch_batches(resumed, 2) == epoch_batches(walked, 2)  # going back works too
+
+
+def test_ranks_get_different_batches_and_disjoint_indices():
+    ranks = [MixedBatchSampler(SIZES, MIX, batch_size=8, num_batches=20, rank=r, world_size=2) for r in range(2)]
+    assert list(ranks[0]) != list(ranks[1])
+    coco = [set(stream(r, "coco", range(1))) for r in ranks]
+    assert all(0 < len(c) < SIZES["coco"] // 2 for c in coco)  # still inside the first cycle
+    assert not coco[0] & coco[1]
+    # A tiny source (7 items) is split too: the first cycle is 4 items per rank, the two shards
+    # covering the source and sharing only the one item that pads 7 to 8.
+    first_cycle = [set(stream(r, "tiny", range(1))[:4]) for r in ranks]
+    assert first_cycle[0] | first_cycle[1] == set(range(7))
+    assert len(first_cycle[0] & first_cycle[1]) == 1
+
+
+def test_bad_mixes_are_rejected_with_a_clear_message():
+    with pytest.raises(ValueError, match="unknown sources"):
+        MixedBatchSampler(SIZES, {**MIX, "lvis": 1.0}, batch_size=4, num_batches=1)
+    with pytest.raises(ValueError, match="no proportion"):
+        MixedBatchSampler(SIZES, {"coco": 1.0}, batch_size=4, num_batches=1)
+    for bad in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="'tiny'.*> 0"):
+            MixedBatchSampler(SIZES, {**MIX, "tiny": bad}, batch_size=4, num_batches=1)
+    with pytest.raises(ValueError, match="'tiny' is empty"):
+        MixedBatchSampler({**SIZES, "tiny": 0}, MIX, batch_size=4, num_batches=1)
+    with pytest.raises(ValueError, match="empty"):
+        MixedBatchSampler(SIZES, {}, batch_size=4, num_batches=1)
+    with pytest.raises(ValueError, match="rank"):
+        MixedBatchSampler(SIZES, MIX, batch_size=4, num_batches=1, rank=2, world_size=2)
+    with pytest.raises(ValueError, match="batch_size"):
+        MixedBatchSampler(SIZES, MIX, batch_size=0, num_batches=1)
+
+
+class Items(torch.utils.data.Dataset):
+    def __init__(self, name: str, size: int) -> None:
+        self.name, self.size = name, size
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, index: int) -> dict:
+        if not 0 <= index < self.size:
+            raise IndexError(index)
+        return {"source": self.name, "value": index}
+
+
+def collate(items: list[dict]) -> dict:
+    return {"source": [it["source"] for it in items], "value": torch.tensor([it["value"] for it in items])}
+
+
+def test_works_as_a_dataloader_batch_sampler():
+    dataset = MixedDataset({name: Items(name, size) for name, size in SIZES.items()})
+    assert dataset.source_sizes == SIZES
+    sampler = MixedBatchSampler(dataset.source_sizes, MIX, batch_size=6, num_batches=5, seed=2)
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate)
+    loaded = list(loader)
+    assert len(loaded) == 5
+    for batch, keys in zip(loaded, sampler):
+        assert batch["source"] == [s for s, _ in keys]
+        assert batch["value"].tolist() == [i for _, i in keys]
+    with pytest.raises(KeyError, match="unknown source 'lvis'"):
+        dataset[("lvis", 0)]

@@ -1,0 +1,325 @@
+"""Training: the Hungarian matcher, the criterion's terms, the loss weights, the config loader, the
+learning-rate schedule, and a real ``training.train.main`` run that checkpoints and resumes."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from objsearch.model.objembed import ObjEmbed
+from tests.training.test_model import CATEGORIES, SMALL_OVERRIDES, small_config
+from training.config import TASK_TERMS, LossWeights, TrainConfig, load_config
+from training.criterion import SetCriterion, task_losses
+from training.data.collate import Target
+from training.engine import lr_factor
+from training.matcher import HungarianMatcher
+
+ALL_TERMS = {"objectness", "box_l1", "giou", "quality", "align", "zeroshot", "mask_bce", "mask_dice", "caption", "classify"}
+SYNTHETIC_TASKS = frozenset({"detection", "mask", "grounding", "caption", "classification"})
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def model() -> ObjEmbed:
+    torch.manual_seed(0)
+    return ObjEmbed(small_config()).eval()
+
+
+def random_boxes(count: int, seed: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.cat([torch.rand(count, 2, generator=gen) * 0.6 + 0.2, torch.rand(count, 2, generator=gen) * 0.3 + 0.05], -1)
+
+
+# ---------------------------------------------------------------------------------------- matcher
+
+
+def test_matcher_gives_the_same_matches_batched_and_one_image_at_a_time():
+    gen = torch.Generator().manual_seed(0)
+    batch, queries = 4, 7
+    logits = torch.randn(batch, queries, generator=gen)
+    boxes = torch.stack([random_boxes(queries, seed=10 + b) for b in range(batch)])
+    targets = [random_boxes(3, 20), torch.zeros(0, 4), random_boxes(5, 21), random_boxes(9, 22)]
+    matcher = HungarianMatcher()
+    batched = matcher(logits, boxes, targets)
+    assert len(batched) == batch
+    for b in range(batch):
+        (single,) = matcher(logits[b : b + 1], boxes[b : b + 1], [targets[b]])
+        assert torch.equal(batched[b][0], single[0]) and torch.equal(batched[b][1], single[1])
+        rows, cols = batched[b]
+        k = min(queries, len(targets[b]))
+        assert len(rows) == len(cols) == k  # 0 for the empty image, all 7 queries for 9 targets
+        assert len(set(rows.tolist())) == k and len(set(cols.tolist())) == k
+        assert rows.dtype == cols.dtype == torch.long
+
+
+def test_matcher_handles_an_empty_batch_of_targets():
+    matcher = HungarianMatcher()
+    matches = matcher(torch.zeros(2, 5), torch.stack([random_boxes(5, 1), random_boxes(5, 2)]), [torch.zeros(0, 4)] * 2)
+    assert all(len(rows) == len(cols) == 0 for rows, cols in matches)
+
+
+def test_matcher_matches_a_perfect_prediction_to_itself():
+    targets = random_boxes(4, seed=3)
+    boxes = random_boxes(6, seed=4)
+    owner = {2: 0, 5: 1, 0: 2, 3: 3}  # query -> the target it predicts exactly
+    for query, target in owner.items():
+        boxes[query] = targets[target]
+    ((rows, cols),) = HungarianMatcher()(torch.zeros(1, 6), boxes[None], [targets])
+    assert dict(zip(rows.tolist(), cols.tolist())) == owner
+
+
+# ---------------------------------------------------------------------------------------- criterion
+
+
+def make_target(boxes: torch.Tensor, phrases: list[str], tasks, labels=None, with_masks=False, mask_size=16) -> Target:
+    n = len(boxes)
+    masks = None
+    if with_masks:
+        masks = torch.zeros(n, mask_size, mask_size)
+        for i, (cx, cy, w, h) in enumerate(boxes.tolist()):
+            x1, x2 = int((cx - w / 2) * mask_size), math.ceil((cx + w / 2) * mask_size)
+            y1, y2 = int((cy - h / 2) * mask_size), math.ceil((cy + h / 2) * mask_size)
+            masks[i, y1:y2, x1:x2] = 1.0
+    return Target(
+        boxes=boxes, labels=torch.as_tensor(labels if labels is not None else [i % len(CATEGORIES) for i in range(n)]),
+        masks=masks, phrases=phrases, category_names=list(CATEGORIES), tasks=frozenset(tasks), source="synthetic",
+        image_id=0, scale=1.0)
+
+
+def fake_outputs(model, targets: list[Target], layers: int = 2, queries: int = 6, offset: float = 0.0,
+                 embeddings: torch.Tensor | None = None) -> dict:
+    """Leaf tensors shaped like ObjEmbed's outputs. Query i of image b predicts target i's box
+    (cx moved by ``offset``); the remaining queries sit in a far corner, so the matching is query i <-> target i."""
+    gen = torch.Generator().manual_seed(5)
+    batch, E, M = len(targets), model.config.embed_dim, model.config.mask_size
+    boxes = torch.tensor([0.9, 0.9, 0.05, 0.05]).repeat(batch, queries, 1)
+    for b, target in enumerate(targets):
+        boxes[b, : len(target.boxes)] = target.boxes + torch.tensor([offset, 0, 0, 0])
+    if embeddings is None:
+        embeddings = F.normalize(torch.randn(batch, queries, E, generator=gen), dim=-1)
+    return {
+        "boxes": boxes[None].repeat(layers, 1, 1, 1).requires_grad_(),
+        "objectness": torch.randn(layers, batch, queries, generator=gen).requires_grad_(),
+        "quality": torch.randn(batch, queries, generator=gen).requires_grad_(),
+        "embeddings": embeddings.clone().requires_grad_(),
+        "mask_logits": torch.randn(batch, queries, M, M, generator=gen).requires_grad_(),
+        "class_logits": torch.randn(batch, queries, len(CATEGORIES), generator=gen).requires_grad_(),
+    }
+
+
+def no_denoising(targets):
+    empty = torch.zeros(0, dtype=torch.long)
+    return [(empty, empty) for _ in targets]
+
+
+def criterion_for(model, tasks=tuple(TASK_TERMS)) -> SetCriterion:
+    return SetCriterion(model, HungarianMatcher(), list(tasks), category_weights=None)
+
+
+def test_criterion_returns_every_term_unweighted_and_finite(model):
+    targets = [
+        make_target(random_boxes(2, 30), ["a small red star", "a large blue ring"], SYNTHETIC_TASKS, with_masks=True),
+        make_target(random_boxes(1, 31), ["a medium green square"], SYNTHETIC_TASKS, with_masks=True),
+    ]
+    offset, layers = 0.01, 2
+    outputs = fake_outputs(model, targets, layers=layers, offset=offset)
+    terms = criterion_for(model)(outputs, targets, no_denoising(targets))
+    assert set(terms) == ALL_TERMS
+    for name, value in terms.items():
+        assert value.shape == () and torch.isfinite(value), name
+    # Unweighted and summed over the decoder layers: L1 = layers * (sum of |offsets|) / number of boxes.
+    assert terms["box_l1"].item() == pytest.approx(layers * offset, rel=1e-4)
+    # The boxes are nearly exact, so GIoU is nearly 1 in every layer.
+    assert 0 < terms["giou"].item() < layers * 0.1
+
+
+def test_a_grounding_only_sample_contributes_no_objectness(model):
+    criterion = criterion_for(model)
+    grounding = make_target(random_boxes(1, 40), ["the red star left of the blue ring"], ("grounding",))
+    alone = criterion(fake_outputs(model, [grounding]), [grounding], no_denoising([grounding]))
+    assert "objectness" not in alone
+    assert {"align", "box_l1", "giou"} <= set(alone)
+
+    detection = make_target(random_boxes(2, 41), ["a small red star", "a large blue ring"], SYNTHETIC_TASKS, with_masks=True)
+    batch = [detection, grounding]
+    outputs = fake_outputs(model, batch)
+    terms = criterion(outputs, batch, no_denoising(batch))
+    terms["objectness"].backward()
+    grad = outputs["objectness"].grad  # (L, B, Q)
+    assert grad[:, 0].abs().sum() > 0
+    assert not grad[:, 1].any(), "the RefCOCO-style image's unannotated objects were pushed to 'no object'"
+
+
+def _expected_align(model, object_embeddings: torch.Tensor, columns: list[int], texts: torch.Tensor) -> torch.Tensor:
+    """Symmetric InfoNCE by hand: objects -> their phrase column; each phrase -> all its objects."""
+    logits = model.logit_scale.exp().clamp(max=100) * object_embeddings @ texts.T
+    object_to_text = F.cross_entropy(logits, torch.tensor(columns))
+    log_prob = logits.T.log_softmax(dim=1)
+    per_phrase = [-torch.logsumexp(log_prob[p, [i for i, c in enumerate(columns) if c == p]], 0) for p in range(len(texts))]
+    return (object_to_text + torch.stack(per_phrase).mean()) / 2
+
+
+def test_identical_phrases_in_two_images_are_not_each_others_negatives(model):
+    vocabulary = ["a small red star", "a large blue ring"]
+    targets = [
+        make_target(random_boxes(2, 50), vocabulary, ("grounding",)),
+        make_target(random_boxes(1, 51), ["a small red star"], ("grounding",)),
+    ]
+    with torch.no_grad():
+        texts = model.encode_text(vocabulary)
+    embeddings = F.normalize(torch.randn(2, 6, texts.shape[1], generator=torch.Generator().manual_seed(9)), dim=-1)
+    embeddings[0, 0], embeddings[0, 1], embeddings[1, 0] = texts[0], texts[1], texts[0]  # each object = its phrase
+    outputs = fake_outputs(model, targets, embeddings=embeddings)
+    align = criterion_for(model)(outputs, targets, no_denoising(targets))["align"]
+    objects = torch.stack([texts[0], texts[1], texts[0]])
+    with torch.no_grad():
+        expected = _expected_align(model, objects, [0, 1, 0], texts)
+        # What it would be if the second "a small red star" were its own column, a negative of the first.
+        as_negatives = _expected_align(model, objects, [0, 1, 2], torch.stack([texts[0], texts[1], texts[0]]))
+    assert align.item() == pytest.approx(expected.item(), rel=1e-4, abs=1e-6)
+    assert as_negatives.item() > math.log(2) / 2 > align.item()
+
+
+def test_phrases_of_other_images_are_negatives(model):
+    phrases = ["a small red star", "a large blue ring"]
+    targets = [make_target(random_boxes(1, 60), phrases[:1], ("grounding",)),
+               make_target(random_boxes(1, 61), phrases[1:], ("grounding",))]
+    with torch.no_grad():
+        texts = model.encode_text(phrases)
+    aligned = torch.zeros(2, 6, texts.shape[1])
+    aligned[0, 0], aligned[1, 0] = texts[0], texts[1]
+    swapped = aligned.clone()
+    swapped[0, 0], swapped[1, 0] = texts[1], texts[0]  # each object looks like the other image's phrase
+    criterion = criterion_for(model)
+    good = criterion(fake_outputs(model, targets, embeddings=aligned), targets, no_denoising(targets))["align"]
+    bad = criterion(fake_outputs(model, targets, embeddings=swapped), targets, no_denoising(targets))["align"]
+    assert bad.item() > math.log(2) > good.item()
+
+
+def test_task_losses_apply_the_weights_exactly_once():
+    terms = {name: torch.tensor(float(i + 1)) for i, name in enumerate(sorted(ALL_TERMS - {"caption"}))}
+    weights = LossWeights(objectness=2.0, box_l1=5.0, giou=3.0, quality=0.5, align=7.0, zeroshot=0.25,
+                          mask_bce=11.0, mask_dice=13.0, caption=17.0, classify=19.0)
+    tasks = task_losses(terms, weights)
+    t = {k: v.item() for k, v in terms.items()}
+    assert set(tasks) == {"detection", "grounding", "mask", "classification"}  # no caption term, no caption task
+    assert tasks["detection"].item() == pytest.approx(2 * t["objectness"] + 5 * t["box_l1"] + 3 * t["giou"] + 0.5 * t["quality"])
+    assert tasks["grounding"].item() == pytest.approx(7 * t["align"] + 0.25 * t["zeroshot"])
+    assert tasks["mask"].item() == pytest.approx(11 * t["mask_bce"] + 13 * t["mask_dice"])
+    assert tasks["classification"].item() == pytest.approx(19 * t["classify"])
+    partial = task_losses({"box_l1": torch.tensor(2.0)}, weights)
+    assert {k: v.item() for k, v in partial.items()} == {"detection": 10.0}
+
+
+# ---------------------------------------------------------------------------------------- config
+
+
+def test_load_config_defaults_presets_and_overrides(tmp_path):
+    assert load_config().to_dict() == TrainConfig().to_dict()
+    assert load_config("tiny").output_dir == "runs/tiny"  # a preset by name from training/presets/
+
+    preset_file = tmp_path / "mine.json"
+    preset_file.write_text(json.dumps({"optim": {"lr": 0.01, "steps": 50}, "model": {"hidden_dim": 64}, "tasks": ["detection", "mask"]}))
+    config = load_config(preset_file, ["--optim.lr", "0.001", "--model.num_queries", "30", "--resume", "false"])
+    assert config.optim.lr == 0.001 and config.optim.steps == 50  # the override wins, the rest of the preset stays
+    assert config.model == {"hidden_dim": 64, "num_queries": 30}
+    assert config.tasks == ["detection", "mask"] and config.resume is False
+    assert config.optim.batch_size == TrainConfig().optim.batch_size
+
+    assert load_config(None, ["--tasks", '["detection"]']).tasks == ["detection"]
+    assert load_config(None, ["--optim.batch-size", "4"]).optim.batch_size == 4
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["--optim.lrr", "0.1"], "optim.lrr"),
+    (["--nonsense", "1"], "nonsense"),
+    (["--optim.lr", "fast"], "optim.lr"),
+    (["--optim.steps", "2.5"], "optim.steps"),
+    (["--resume", "maybe"], "resume"),
+    (["--tasks", "detection"], "tasks"),
+    (["--tasks", '["detection", "dancing"]'], "dancing"),
+    (["--optim.lr"], "optim.lr"),
+])
+def test_load_config_rejects_bad_keys_and_values_naming_them(overrides, message):
+    with pytest.raises(ValueError, match=message.replace(".", r"\.")):
+        load_config(None, overrides)
+
+
+def test_unknown_key_in_a_preset_file_is_rejected(tmp_path, capsys):
+    preset_file = tmp_path / "bad.json"
+    preset_file.write_text(json.dumps({"optim": {"learning_rate": 0.1}}))
+    with pytest.raises(ValueError, match="optim.learning_rate"):
+        load_config(preset_file)
+    from training.train import main
+
+    assert main([str(preset_file)]) == 2
+    assert "optim.learning_rate" in capsys.readouterr().err
+
+
+def test_lr_factor_warms_up_linearly_then_decays_to_five_percent():
+    warmup, total = 10, 100
+    assert lr_factor(0, warmup, total) == pytest.approx(0.1)
+    assert lr_factor(4, warmup, total) == pytest.approx(0.5)
+    assert lr_factor(9, warmup, total) == pytest.approx(1.0)
+    assert lr_factor(warmup, warmup, total) == pytest.approx(1.0)
+    assert lr_factor(55, warmup, total) == pytest.approx(0.05 + 0.95 * 0.5)  # half way through the cosine
+    assert lr_factor(total, warmup, total) == pytest.approx(0.05)
+    assert lr_factor(10 * total, warmup, total) == pytest.approx(0.05)
+    curve = [lr_factor(s, warmup, total) for s in range(total + 1)]
+    assert all(a < b for a, b in itertools.pairwise(curve[:warmup]))
+    assert all(a >= b for a, b in itertools.pairwise(curve[warmup:]))
+    assert lr_factor(0, 0, total) == pytest.approx(1.0)
+
+
+# ---------------------------------------------------------------------------------------- a real run
+
+
+def tiny_run_arguments(tmp_path, steps: int) -> list[str]:
+    """``training.train`` flags for a seconds-long run of the small model on a 12/4/4-image synthetic set."""
+    model = [item for key, value in SMALL_OVERRIDES.items()
+             for item in (f"--model.{key}", json.dumps(value) if isinstance(value, dict) else str(value))]
+    return [
+        "--data.synthetic_dir", str(tmp_path / "synthetic"), "--data.synthetic_train", "12",
+        "--data.synthetic_val", "4", "--data.synthetic_test", "4", *model,
+        "--optim.steps", str(steps), "--optim.batch_size", "2", "--optim.warmup_steps", "1",
+        "--eval_every", "0", "--checkpoint_every", "2", "--output_dir", str(tmp_path / "run"),
+    ]
+
+
+def test_training_main_writes_a_checkpoint_and_metrics_then_resumes(tmp_path, caplog):
+    from objsearch.model.checkpoint import load_checkpoint
+    from training.train import main
+
+    caplog.set_level(logging.INFO, logger="training.engine")
+    run = tmp_path / "run"
+    assert main(tiny_run_arguments(tmp_path, steps=3)) == 0
+    config = json.loads((run / "final" / "config.json").read_text())
+    assert config["model_type"] == "objembed" and config["training"]["steps"] == 3
+    assert (run / "final" / "model.safetensors").is_file()
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["steps"] == 3 and metrics["images_seen"] == 6
+    assert 0 <= metrics["test"]["detection"]["AP"] <= 1 and 0 <= metrics["test"]["zero_shot_accuracy"] <= 1
+    loaded = load_checkpoint(run / "final")  # the engine's loader accepts what training wrote
+    assert loaded.config.image_size == SMALL_OVERRIDES["image_size"] and loaded.config.categories
+
+    caplog.clear()
+    assert main(tiny_run_arguments(tmp_path, steps=4)) == 0
+    messages = [r.getMessage() for r in caplog.records if r.name == "training.engine"]
+    assert any("resumed from" in m and "at step 3" in m for m in messages), messages
+    assert not any(m.startswith("step 1/") for m in messages), "the second run restarted at step 0"
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["steps"] == 4 and metrics["images_seen"] == 8
+    assert json.loads((run / "final" / "config.json").read_text())["training"]["steps"] == 4

@@ -1,0 +1,275 @@
+"""The training loop: build everything from a TrainConfig, train, evaluate, checkpoint, resume."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from objsearch.model.checkpoint import save_checkpoint
+from objsearch.model.config import preset
+from objsearch.model.objembed import ObjEmbed
+from training import distributed
+from training.config import TrainConfig
+from training.criterion import SetCriterion, task_losses
+from training.data.collate import Collator
+from training.data.mixing import MixedBatchSampler, MixedDataset
+from training.data.sources import SYNTHETIC, build_sources, ensure_synthetic, synthetic_paths
+from training.denoising import build_denoising_queries
+from training.gradnorm import GradNorm
+from training.matcher import HungarianMatcher
+from training.ohem import tail_category_weights
+
+logger = logging.getLogger(__name__)
+
+STATE_FILE = "trainer_state.pt"
+
+
+def lr_factor(step: int, warmup: int, total: int) -> float:
+    """Linear warm-up to 1, then cosine decay to 0.05 at ``total``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def resolve_device(requested: str) -> torch.device:
+    if requested:
+        return torch.device(requested)
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")
+
+
+def build_optimizer(model: ObjEmbed, config: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW; the backbone gets its own rate; no weight decay on biases and norms (1-d tensors)."""
+    groups: dict[tuple[float, float], list] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        lr = config.optim.backbone_lr if name.startswith("backbone.") else config.optim.lr
+        decay = 0.0 if param.ndim <= 1 else config.optim.weight_decay
+        groups.setdefault((lr, decay), []).append(param)
+    return torch.optim.AdamW([{"params": p, "lr": lr, "base_lr": lr, "weight_decay": wd}
+                              for (lr, wd), p in groups.items()])
+
+
+def category_counts(dataset) -> np.ndarray | None:
+    """(C,) training instances per category, when the loader can tell without decoding images."""
+    counts = getattr(dataset, "category_instance_counts", None)
+    return np.asarray(counts(), dtype=np.int64) if callable(counts) else None
+
+
+class ModelWithLoss(torch.nn.Module):
+    """The model and its criterion as one module: under DDP every parameter the losses touch (text
+    encoder, caption and classification heads, logit scale) is used inside one forward call."""
+
+    def __init__(self, model: ObjEmbed, criterion: SetCriterion) -> None:
+        super().__init__()
+        self.model = model
+        self.criterion = criterion
+
+    def forward(self, images: torch.Tensor, targets: list, extra: torch.Tensor | None, groups: int,
+                pairs: list) -> dict[str, torch.Tensor]:
+        return self.criterion(self.model(images, extra_boxes=extra, extra_groups=groups), targets, pairs)
+
+
+class Trainer:
+    """Owns the model, the optimiser, GradNorm and the data stream for one training run."""
+
+    def __init__(self, config: TrainConfig) -> None:
+        self.config = config
+        self.device = resolve_device(config.device)
+        distributed.init_from_environment(self.device.type)
+        _seed_everything(config.seed + distributed.rank())
+        self.output = Path(config.output_dir)
+        if distributed.rank() == 0:
+            ensure_synthetic(config.data) if SYNTHETIC in config.data.mix else None
+        if distributed.is_distributed():
+            torch.distributed.barrier()
+        self.sources = build_sources(config.data)
+        primary = next(iter(self.sources.values()))
+        model_config = preset(config.preset, **{"categories": list(primary.categories), **config.model})
+        self.model = ObjEmbed(model_config).to(self.device)
+        self.criterion = SetCriterion(
+            self.model, HungarianMatcher(config.loss.objectness, config.loss.box_l1, config.loss.giou),
+            config.tasks, _tail_weights(primary, config.ohem_tail_power), ohem_keep=config.ohem_keep)
+        self.gradnorm = GradNorm(config.tasks, alpha=config.gradnorm.alpha, lr=config.gradnorm.lr,
+                                 min_weight=config.gradnorm.min_weight,
+                                 max_weight=config.gradnorm.max_weight).to(self.device)
+        self.optimizer = build_optimizer(self.model, config)
+        self.collate = Collator(model_config.image_size, model_config.mask_size,
+                                {name: list(ds.categories) for name, ds in self.sources.items()})
+        self.step = 0
+        self.history: list[dict[str, Any]] = []
+        self.train_seconds = 0.0
+        self.images_seen = 0
+        self.wrapped: torch.nn.Module = ModelWithLoss(self.model, self.criterion)
+        if distributed.is_distributed():
+            self.wrapped = torch.nn.parallel.DistributedDataParallel(
+                self.wrapped, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=True)
+
+    # ---- checkpoints ----------------------------------------------------------------------------
+    def save_state(self) -> None:
+        """A resumable state in ``output/last`` (written beside, then swapped in: never half-written)."""
+        if distributed.rank() != 0:
+            return
+        staging = self.output / "last.tmp"
+        shutil.rmtree(staging, ignore_errors=True)
+        save_checkpoint(self.model, staging)
+        torch.save({"step": self.step, "optimizer": self.optimizer.state_dict(),
+                    "gradnorm": self.gradnorm.state_dict(), "history": self.history,
+                    "train_seconds": self.train_seconds, "images_seen": self.images_seen,
+                    "text_config": self.model.config.text_config}, staging / STATE_FILE)
+        final = self.output / "last"
+        old = self.output / "last.old"
+        shutil.rmtree(old, ignore_errors=True)
+        if final.exists():
+            final.rename(old)
+        staging.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
+
+    def try_resume(self) -> bool:
+        state_dir = self.output / "last"
+        if not (self.config.resume and (state_dir / STATE_FILE).is_file()):
+            return False
+        from safetensors.torch import load_file
+
+        self.model.load_state_dict(load_file(str(state_dir / "model.safetensors")))
+        state = torch.load(state_dir / STATE_FILE, map_location=self.device, weights_only=False)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.gradnorm.load_state_dict(state["gradnorm"])
+        self.step, self.history = state["step"], state["history"]
+        self.train_seconds, self.images_seen = state["train_seconds"], state["images_seen"]
+        logger.info("resumed from %s at step %d", state_dir, self.step)
+        return True
+
+    # ---- one step -------------------------------------------------------------------------------
+    def train_step(self, batch: dict) -> dict[str, float]:
+        config = self.config
+        images = self.model.normalize(batch["images"].to(self.device))
+        targets = batch["targets"]
+        extra, pairs = build_denoising_queries([t.boxes for t in targets], config.denoising_groups, config.box_noise)
+        if extra is not None:
+            extra = extra.to(self.device)
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["base_lr"] * lr_factor(self.step, config.optim.warmup_steps, config.optim.steps)
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=config.amp and self.device.type == "cuda")
+        with autocast:
+            terms = self.wrapped(images, targets, extra, max(1, config.denoising_groups), pairs)
+        tasks = task_losses(terms, config.loss)
+        diagnostics: dict[str, float] = {}
+        # Every rank calls update (it all-reduces under DDP), even with fewer than two tasks present.
+        if config.gradnorm.enabled and self.step % config.gradnorm.every == 0:
+            diagnostics = self.gradnorm.update(tasks, self.model.decoder.layers[-1].norm3.weight)
+        total = self.gradnorm.weighted_total(tasks) if config.gradnorm.enabled else sum(tasks.values())
+        if not torch.isfinite(total):
+            raise FloatingPointError(f"non-finite loss at step {self.step}: { {k: float(v) for k, v in terms.items()} }")
+        self.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.optim.grad_clip)
+        self.optimizer.step()
+        return {"loss": total.item(), **{k: v.item() for k, v in terms.items()}, **diagnostics}
+
+    # ---- the run --------------------------------------------------------------------------------
+    def loader(self) -> torch.utils.data.DataLoader:
+        mixed = MixedDataset(self.sources)
+        sampler = MixedBatchSampler(mixed.source_sizes, self.config.data.mix, self.config.optim.batch_size,
+                                    num_batches=self.config.optim.steps - self.step, seed=self.config.seed,
+                                    rank=distributed.rank(), world_size=distributed.world_size())
+        sampler.set_epoch(self.step)  # a resumed run draws a fresh stream rather than replaying
+        return torch.utils.data.DataLoader(mixed, batch_sampler=sampler, collate_fn=self.collate,
+                                           num_workers=self.config.data.workers)
+
+    def fit(self) -> dict[str, Any]:
+        self.try_resume()
+        self.output.mkdir(parents=True, exist_ok=True)
+        config = self.config
+        started = time.perf_counter() - self.train_seconds
+        log_every = 20
+        for batch in self.loader():
+            stats = self.train_step(batch)
+            self.step += 1
+            self.images_seen += len(batch["targets"]) * distributed.world_size()
+            self.train_seconds = time.perf_counter() - started
+            if self.step % log_every == 0 or self.step == 1:
+                logger.info("step %d/%d %.0fs loss %.3f %s", self.step, config.optim.steps, self.train_seconds,
+                            stats["loss"], " ".join([f"{k}={v:.3f}" for k, v in stats.items() if k != "loss" and "/" not in k]
+                                                    + [f"w_{k}={v:.2f}" for k, v in self.gradnorm.weights.items()]))
+            if config.eval_every and self.step % config.eval_every == 0 and self.step < config.optim.steps:
+                self.record_evaluation("val")
+            if config.checkpoint_every and self.step % config.checkpoint_every == 0:
+                self.save_state()
+            if config.optim.max_minutes and self.train_seconds > config.optim.max_minutes * 60:
+                logger.warning("stopping at step %d: the %.1f-minute budget is spent", self.step, config.optim.max_minutes)
+                break
+        self.save_state()
+        final = self.output / "final"
+        if distributed.rank() == 0:
+            save_checkpoint(self.model, final, extra={"steps": self.step, "train_seconds": round(self.train_seconds, 1),
+                                                     "images_seen": self.images_seen})
+        result = self.record_evaluation("test")
+        summary = {"steps": self.step, "train_seconds": self.train_seconds, "images_seen": self.images_seen,
+                   "images_per_second": self.images_seen / max(self.train_seconds, 1e-9),
+                   "checkpoint": str(final), "test": result, "curve": self.history}
+        if distributed.rank() == 0:
+            (self.output / "metrics.json").write_text(json.dumps(summary, indent=2, default=float))
+        return summary
+
+    def record_evaluation(self, split: str) -> dict[str, Any]:
+        """Evaluate on a synthetic split (rank 0 only); val results go into the learning curve."""
+        if distributed.rank() != 0 or SYNTHETIC not in self.config.data.mix:
+            return {}
+        from objsearch.embedders.objembed import ObjEmbedEmbedder
+        from objsearch.evaluation import CocoSplit, evaluate_embedder
+
+        paths = synthetic_paths(Path(self.config.data.synthetic_dir), split)
+        coco_split = CocoSplit(paths["image_dir"], paths["instances_json"], paths["refs_json"])
+        self.model.eval()
+        try:
+            results = evaluate_embedder(ObjEmbedEmbedder(self.model, version="training"), coco_split)
+        finally:
+            self.model.train()
+        point = {"step": self.step, "minutes": round(self.train_seconds / 60, 2), **headline(results)}
+        logger.info("%s evaluation: %s", split, point)
+        if split == "val":
+            self.history.append(point)
+        return results
+
+
+def headline(results: dict[str, Any]) -> dict[str, float]:
+    """The few figures the learning curve tracks."""
+    t2o = results.get("text_to_object", {})
+    return {
+        "box_AP": results.get("detection", {}).get("AP", float("nan")),
+        "box_AP50": results.get("detection", {}).get("AP50", float("nan")),
+        "mask_AP": results.get("mask", {}).get("AP", float("nan")),
+        "colour_shape_R@5": t2o.get("attribute", {}).get("R@5", float("nan")),
+        "referring_R@1": t2o.get("referring", {}).get("R@1", float("nan")),
+        "zero_shot_acc": results.get("zero_shot_accuracy", float("nan")),
+        "caption_CIDEr": results.get("caption_cider", {}).get("CIDEr-D", float("nan")),
+    }
+
+
+def _tail_weights(dataset, power: float) -> torch.Tensor | None:
+    counts = category_counts(dataset)
+    if counts is None:
+        logger.warning("source %s cannot count its categories: OHEM runs without tail weights", dataset.source)
+        return None
+    return tail_category_weights(counts, power=power)
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)

@@ -1,0 +1,42 @@
+"""``python -m training.train [PRESET.json] [--key value ...]``: train ObjEmbed.
+
+With no arguments: the ``tiny`` preset on a freshly generated synthetic set, on CPU (or CUDA when
+present), writing ``runs/tiny/final`` — a checkpoint ``objsearch index --model`` loads.
+Under ``torchrun --nproc_per_node N`` the same command trains with DistributedDataParallel.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from training.config import load_config
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ("-h", "--help"):
+        print(__doc__)
+        print("Keys: see training/config.py (TrainConfig); presets: training/presets/*.json")
+        return 0
+    preset_file = argv.pop(0) if argv and not argv[0].startswith("--") else None
+    try:
+        config = load_config(preset_file, argv)
+    except (ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
+    from training.engine import Trainer, headline
+
+    summary = Trainer(config).fit()
+    if summary.get("test"):
+        figures = headline(summary["test"])
+        print(f"checkpoint: {summary['checkpoint']}")
+        print(f"trained {summary['steps']} steps in {summary['train_seconds'] / 60:.1f} min "
+              f"({summary['images_per_second']:.1f} images/s)")
+        print("test: " + ", ".join(f"{k} {v:.3f}" for k, v in figures.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
