@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
         row["run"] = f"{size} images"
         rows.append(row)
     print(write_report(f"Data scaling ({args.steps} steps each, tiny preset, synthetic test split)",
-                       rows, "training set", args.out))
+                       rows, "training set", args.out, "benchmarks.data_scaling"))
     return 0
 
 

@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(train_and_evaluate(name.replace(" ", "_").replace("+", "and"), overrides, args.work_dir))
         rows[-1]["run"] = name
     print(write_report(f"Multi-task ablation ({args.steps} steps each, tiny preset, synthetic test split)",
-                       rows, "tasks", args.out))
+                       rows, "tasks", args.out, "benchmarks.multitask_ablation"))
     return 0
 
 

@@ -21,6 +21,7 @@ logger = logging.getLogger(__name__)
 COLUMNS = [
     ("box_AP", "box AP"),
     ("box_AP50", "AP50"),
+    ("agnostic_AP50", "class-agnostic AP50"),
     ("mask_AP", "mask AP"),
     ("colour_shape_R@5", "colour-shape R@5"),
     ("referring_R@1", "referring R@1"),
@@ -69,12 +70,23 @@ def _fmt(value: Any) -> str:
     return f"{value:.3f}"
 
 
-def write_report(title: str, rows: list[dict[str, Any]], first_column: str, out_file: Path) -> str:
-    """Writes ``out_file`` (.md) and its .json twin; returns the Markdown."""
-    command = " ".join(["python -m", sys.argv[0].replace("/", ".").removesuffix(".py")] + sys.argv[1:]) \
-        if sys.argv and sys.argv[0] else ""
+LEGEND = (
+    "box AP / AP50: COCOeval on the test split, each detection labelled with the nearest category-name "
+    "embedding (open-vocabulary), so a run whose text alignment is untrained scores ~0 however good its "
+    "boxes; class-agnostic AP50: all categories merged, i.e. how well objects are found and boxed. "
+    "colour-shape R@5: text queries like \"red star\", a hit has IoU >= 0.5 with such an object. "
+    "zero-shot acc: ground-truth boxes embedded as region queries, nearest category name. "
+    "CIDEr-D: region captions vs the annotation captions (pycocoevalcap scale, max 10). "
+    "train min includes the final test evaluation; '-' = nothing to measure."
+)
+
+
+def write_report(title: str, rows: list[dict[str, Any]], first_column: str, out_file: Path, module: str) -> str:
+    """Writes ``out_file`` (.md) and its .json twin; returns the Markdown. ``module``: the experiment's
+    module name, to record the command that made the table."""
+    command = " ".join(["python -m", module, *sys.argv[1:]])
     text = (f"# {title}\n\nCommand: `{command}`  \nMachine: {json.dumps(machine())}  \n"
-            f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n\n{markdown(rows, first_column)}\n")
+            f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n\n{markdown(rows, first_column)}\n\n{LEGEND}\n")
     out_file.parent.mkdir(parents=True, exist_ok=True)
     out_file.write_text(text)
     out_file.with_suffix(".json").write_text(json.dumps({"title": title, "command": command, "machine": machine(),

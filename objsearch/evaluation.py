@@ -91,6 +91,7 @@ def evaluate_embedder(embedder, split: CocoSplit, *, max_images: int | None = No
         label = int(np.argmax(det["embedding"] @ label_embeddings.T))
         labelled.append({**det, "category_id": sorted(cat_index)[label]})
     results["detection"] = metrics.coco_detection_ap(gt_subset, labelled, iou_type="bbox")
+    results["detection_class_agnostic"] = _class_agnostic_ap(gt_subset, detections)
     if labelled and all(d.get("segmentation") for d in labelled):
         results["mask"] = metrics.coco_detection_ap(gt_subset, labelled, iou_type="segm")
 
@@ -144,6 +145,15 @@ def _detect(embedder, split: CocoSplit, images: list[dict], batch_size: int) -> 
     stored = StoredObjects(np.asarray(ids), np.asarray(boxes, np.float64).reshape(-1, 4),
                            np.asarray(scores, np.float32), np.asarray(embeddings, np.float32).reshape(-1, dim))
     return detections, stored
+
+
+def _class_agnostic_ap(gt: dict, detections: list[dict]) -> dict[str, float]:
+    """COCOeval AP with every category merged into one: how well objects are found and boxed,
+    whatever they are called."""
+    merged = {**gt, "categories": [{"id": 1, "name": "object"}],
+              "annotations": [{**a, "category_id": 1} for a in gt["annotations"]]}
+    scores = metrics.coco_detection_ap(merged, [{**d, "category_id": 1} for d in detections], iou_type="bbox")
+    return {key: scores[key] for key in ("AP", "AP50", "AP75")}
 
 
 def _text_queries(split: CocoSplit, annotations: list[dict], names: list[str],

@@ -138,12 +138,15 @@ class SetCriterion:
         Identical phrases are merged into one column, so two "red star"s are never each other's negatives."""
         keep = [i for i in range(len(objects.image_index))
                 if targets[objects.image_index[i]].phrases]
-        if not keep:
+        if not keep and not distributed.is_distributed():
             return None
         keep_t = torch.as_tensor(keep, dtype=torch.long)
         phrases = [targets[objects.image_index[i]].phrases[objects.object_index[i]] for i in keep]
+        # Collective calls: every rank joins them, even one with no phrases this step.
         embeddings = distributed.gather_with_grad(objects.embeddings[keep_t])
         phrases = distributed.gather_strings(phrases)
+        if not phrases:
+            return None
         vocabulary = list(dict.fromkeys(phrases))
         column = torch.as_tensor([vocabulary.index(p) for p in phrases], device=embeddings.device)
         logits = self.model.similarity(embeddings, self.model.encode_text(vocabulary))  # (N, P)

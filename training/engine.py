@@ -253,6 +253,7 @@ def headline(results: dict[str, Any]) -> dict[str, float]:
     return {
         "box_AP": results.get("detection", {}).get("AP", float("nan")),
         "box_AP50": results.get("detection", {}).get("AP50", float("nan")),
+        "agnostic_AP50": results.get("detection_class_agnostic", {}).get("AP50", float("nan")),
         "mask_AP": results.get("mask", {}).get("AP", float("nan")),
         "colour_shape_R@5": t2o.get("attribute", {}).get("R@5", float("nan")),
         "referring_R@1": t2o.get("referring", {}).get("R@1", float("nan")),

@@ -98,9 +98,10 @@ class GradNorm(torch.nn.Module):
         if not 0 < min_weight <= 1:
             raise ValueError(f"min_weight must be in (0, 1], got {min_weight}")
         self.min_weight = float(min_weight)
-        self.max_weight = float(max_weight if max_weight is not None else len(task_names))
-        if not 1 <= self.max_weight <= len(task_names):
-            raise ValueError(f"max_weight must be in [1, number of tasks], got {self.max_weight}")
+        if max_weight is not None and max_weight < 1:
+            raise ValueError(f"max_weight must be >= 1, got {max_weight}")
+        # Weights sum to the number of tasks, so no weight can exceed it.
+        self.max_weight = float(min(max_weight or len(task_names), len(task_names)))
         self.task_names = names
         self.alpha = float(alpha)
         self.lr = float(lr)

@@ -42,7 +42,14 @@ class TextEncoder(nn.Module):
         if config.text_config is not None:
             hf_config = AutoConfig.for_model(**config.text_config)
             self.encoder = AutoModel.from_config(hf_config)
-            self.tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir or resolve_text_source(config.text_model)))
+            # A checkpoint's config.json describes ObjEmbed, not a transformers model; transformers
+            # peeks at it while finding the tokenizer class and warns. The tokenizer files are complete.
+            verbosity = transformers_logging.get_verbosity()
+            transformers_logging.set_verbosity_error()
+            try:
+                self.tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir or resolve_text_source(config.text_model)))
+            finally:
+                transformers_logging.set_verbosity(verbosity)
         else:
             source = resolve_text_source(config.text_model)
             self.encoder = AutoModel.from_pretrained(source)

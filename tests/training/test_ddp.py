@@ -14,7 +14,7 @@ import torch
 import torch.multiprocessing as mp
 
 WORLD = 2
-TIMEOUT_S = 150  # a collective that one rank never joins hangs forever: fail instead
+TIMEOUT_S = 300  # a collective that one rank never joins hangs forever: fail instead
 
 
 def free_port() -> int:
