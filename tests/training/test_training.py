@@ -323,3 +323,14 @@ def test_training_main_writes_a_checkpoint_and_metrics_then_resumes(tmp_path, ca
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["steps"] == 4 and metrics["images_seen"] == 8
     assert json.loads((run / "final" / "config.json").read_text())["training"]["steps"] == 4
+
+
+@pytest.mark.parametrize("name", ["tiny", "base", "large"])
+def test_every_shipped_preset_file_loads_by_name(name):
+    """`python -m training.train base` must find training/presets/base.json and name the model preset."""
+    from objsearch.model.config import PRESETS
+    from training.config import load_config
+
+    config = load_config(name)
+    assert config.preset == name and config.preset in PRESETS
+    assert config.output_dir == f"runs/{name}"
