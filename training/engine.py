@@ -34,6 +34,10 @@ logger = logging.getLogger(__name__)
 STATE_FILE = "trainer_state.pt"
 
 
+class ResumeMismatch(Exception):
+    """output_dir/last holds a run whose model config differs from the one asked for."""
+
+
 def lr_factor(step: int, warmup: int, total: int) -> float:
     """Linear warm-up to 1, then cosine decay to 0.05 at ``total``."""
     if step < warmup:
@@ -145,6 +149,14 @@ class Trainer:
             return False
         from safetensors.torch import load_file
 
+        from objsearch.model.checkpoint import read_config
+
+        saved, current = read_config(state_dir).to_dict(), self.model.config.to_dict()
+        ignored = ("backbone_pretrained", "text_config")  # neither changes the architecture being resumed
+        differing = sorted(k for k in current if saved.get(k) != current[k] and k not in ignored)
+        if differing:
+            raise ResumeMismatch(f"{state_dir} holds a run of another model (differs in {', '.join(differing)}): "
+                                 "pass --resume false to start over, or another --output_dir")
         self.model.load_state_dict(load_file(str(state_dir / "model.safetensors")))
         state = torch.load(state_dir / STATE_FILE, map_location=self.device, weights_only=False)
         self.optimizer.load_state_dict(state["optimizer"])
@@ -197,7 +209,8 @@ class Trainer:
         config = self.config
         started = time.perf_counter() - self.train_seconds
         log_every = 20
-        for batch in self.loader():
+        batches = self.loader() if self.step < config.optim.steps else []  # a finished run resumes to its end
+        for batch in batches:
             stats = self.train_step(batch)
             self.step += 1
             self.images_seen += len(batch["targets"]) * distributed.world_size()

@@ -26,9 +26,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
-    from training.engine import Trainer, headline
+    from training.engine import ResumeMismatch, Trainer, headline
 
-    summary = Trainer(config).fit()
+    try:
+        summary = Trainer(config).fit()
+    except ResumeMismatch as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if summary.get("test"):
         figures = headline(summary["test"])
         print(f"checkpoint: {summary['checkpoint']}")

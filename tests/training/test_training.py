@@ -299,7 +299,7 @@ def tiny_run_arguments(tmp_path, steps: int) -> list[str]:
     ]
 
 
-def test_training_main_writes_a_checkpoint_and_metrics_then_resumes(tmp_path, caplog):
+def test_training_main_writes_a_checkpoint_and_metrics_then_resumes(tmp_path, caplog, capsys):
     from objsearch.model.checkpoint import load_checkpoint
     from training.train import main
 
@@ -323,6 +323,13 @@ def test_training_main_writes_a_checkpoint_and_metrics_then_resumes(tmp_path, ca
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["steps"] == 4 and metrics["images_seen"] == 8
     assert json.loads((run / "final" / "config.json").read_text())["training"]["steps"] == 4
+
+    # The same output_dir asked to train a different architecture: a clear refusal, nothing overwritten.
+    weights = (run / "last" / "model.safetensors").read_bytes()
+    other = tiny_run_arguments(tmp_path, steps=5) + ["--model.decoder_layers", "1"]
+    assert main(other) == 2
+    assert "differs in decoder_layers" in capsys.readouterr().err
+    assert (run / "last" / "model.safetensors").read_bytes() == weights
 
 
 @pytest.mark.parametrize("name", ["tiny", "base", "large"])
