@@ -5,10 +5,7 @@ from __future__ import annotations
 import torch
 from torchvision.ops import generalized_box_iou as _giou_xyxy
 
-
-def cxcywh_to_xyxy(boxes: torch.Tensor) -> torch.Tensor:
-    cx, cy, w, h = boxes.unbind(-1)
-    return torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], dim=-1)
+from objsearch.model.heads import cxcywh_to_xyxy  # noqa: F401  (the model's one torch conversion)
 
 
 def generalized_box_iou(a_xyxy: torch.Tensor, b_xyxy: torch.Tensor) -> torch.Tensor:

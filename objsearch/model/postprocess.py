@@ -8,6 +8,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from objsearch.model.heads import cxcywh_to_xyxy
+
 
 @dataclass
 class ImageObjects:
@@ -46,8 +48,7 @@ def postprocess(outputs: dict, scales: list[float], original_sizes: list[tuple[i
     for b, (scale, (height, width)) in enumerate(zip(scales, original_sizes)):
         order = scores[b].argsort(descending=True)[:max_objects]
         order = order[scores[b, order] >= score_threshold]
-        cx, cy, w, h = boxes[b, order].unbind(-1)
-        xyxy = torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], -1) * side / scale
+        xyxy = cxcywh_to_xyxy(boxes[b, order]) * side / scale
         xyxy[:, 0::2] = xyxy[:, 0::2].clamp(0, width)
         xyxy[:, 1::2] = xyxy[:, 1::2].clamp(0, height)
         masks = None

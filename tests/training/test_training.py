@@ -12,8 +12,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from objsearch.model.objembed import ObjEmbed
-from tests.training.test_model import CATEGORIES, SMALL_OVERRIDES, small_config
+from tests.training.test_model import (  # noqa: F401  (model, one_thread: shared fixtures)
+    CATEGORIES, SMALL_OVERRIDES, model, one_thread, small_config,
+)
 from training.config import TASK_TERMS, LossWeights, TrainConfig, load_config
 from training.criterion import SetCriterion, task_losses
 from training.data.collate import Target
@@ -24,18 +25,6 @@ ALL_TERMS = {"objectness", "box_l1", "giou", "quality", "align", "zeroshot", "ma
 SYNTHETIC_TASKS = frozenset({"detection", "mask", "grounding", "caption", "classification"})
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def model() -> ObjEmbed:
-    torch.manual_seed(0)
-    return ObjEmbed(small_config()).eval()
 
 
 def random_boxes(count: int, seed: int) -> torch.Tensor:
