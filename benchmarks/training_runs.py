@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import platform
 import sys
@@ -65,7 +66,7 @@ def markdown(rows: list[dict[str, Any]], first_column: str) -> str:
 
 
 def _fmt(value: Any) -> str:
-    if value is None or value != value or value < 0:  # NaN or COCOeval's -1: nothing to measure
+    if value is None or math.isnan(value) or value < 0:  # NaN or COCOeval's -1: nothing to measure
         return "-"
     return f"{value:.3f}"
 

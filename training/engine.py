@@ -23,7 +23,12 @@ from training.config import TrainConfig
 from training.criterion import SetCriterion, task_losses
 from training.data.collate import Collator
 from training.data.mixing import MixedBatchSampler, MixedDataset
-from training.data.sources import SYNTHETIC, build_sources, ensure_synthetic, synthetic_paths
+from training.data.sources import (
+    SYNTHETIC,
+    build_sources,
+    ensure_synthetic,
+    synthetic_paths,
+)
 from training.denoising import build_denoising_queries
 from training.gradnorm import GradNorm
 from training.matcher import HungarianMatcher
@@ -50,7 +55,7 @@ def resolve_device(requested: str) -> torch.device:
     if requested:
         return torch.device(requested)
     if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     return torch.device("cpu")
 
 

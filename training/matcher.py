@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from scipy.optimize import linear_sum_assignment
 
-from training.box_losses import generalized_box_iou, cxcywh_to_xyxy
+from training.box_losses import cxcywh_to_xyxy, generalized_box_iou
 
 
 class HungarianMatcher:

@@ -48,7 +48,7 @@ class ObjEmbedConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "ObjEmbedConfig":
+    def from_dict(cls, values: dict[str, Any]) -> ObjEmbedConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:

@@ -11,7 +11,12 @@ from objsearch.model.backbone import ViTBackbone
 from objsearch.model.config import ObjEmbedConfig
 from objsearch.model.heads import CaptionHead, EmbeddingHead, MaskHead
 from objsearch.model.text import TextEncoder
-from objsearch.model.transformer import MLP, AnchorDecoder, grid_positions, inverse_sigmoid
+from objsearch.model.transformer import (
+    MLP,
+    AnchorDecoder,
+    grid_positions,
+    inverse_sigmoid,
+)
 
 
 def extra_query_mask(num_queries: int, num_extra: int, groups: int, device: torch.device) -> torch.Tensor:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -97,7 +97,7 @@ class TextEncoder(nn.Module):
 
     encode_text = forward
 
-    def train(self, mode: bool = True) -> "TextEncoder":
+    def train(self, mode: bool = True) -> TextEncoder:
         super().train(mode)
         if self.frozen:
             self.encoder.eval()  # a frozen encoder never uses dropout
