@@ -8,25 +8,27 @@ the next run picks up exactly where the last commit left off.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
 from collections import Counter, deque
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
 
 from tqdm import tqdm
 
+from indexer.decode import DecodeResult, load_file
+from indexer.discover import FileStat, IndexPlan, discover, plan
 from objsearch import schema
 from objsearch.embedders.base import DEFAULT_EMBEDDER, ObjectEmbedder, load_embedder
+from objsearch.embedders.batch_size import choose_batch_size
 from objsearch.errors import IndexNotFound, ObjsearchError
 from objsearch.store.layout import EmbedderInfo, read_manifest, resolve_index_path
 from objsearch.store.writer import ImageRecord, IndexWriter, check_embedder
-from indexer.decode import DecodeResult, load_file
-from indexer.discover import FileStat, IndexPlan, discover, plan
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +36,7 @@ logger = logging.getLogger(__name__)
 @dataclass
 class IndexOptions:
     exclude: Sequence[str] = ()
-    batch_size: int = 8  # images per forward pass
+    batch_size: int = 0  # images per forward pass; 0 = the embedder's choice for its device
     workers: int = 0  # decoding processes; 0 = one per core, at most 4, none on a single core
     commit_every: int = 64  # images per commit (the most a kill can lose)
     max_pixels: int = 100_000_000  # larger images are skipped as likely decompression bombs
@@ -130,7 +132,11 @@ def _apply_metadata_changes(writer: IndexWriter, todo: IndexPlan, summary: Index
 
 
 def _embed_and_write(writer, embedder, work: list[FileStat], replaces: dict[str, int], options: IndexOptions, summary: IndexSummary) -> None:
-    bar = tqdm(total=len(work), unit="img", desc="indexing", disable=not options.progress or not work)
+    if not work:
+        return
+    if not options.batch_size:
+        options = dataclasses.replace(options, batch_size=choose_batch_size(embedder))
+    bar = tqdm(total=len(work), unit="img", desc="indexing", disable=not options.progress)
     since_commit = 0
     try:
         for batch in _batches(_decoded(work, options, summary), options.batch_size):
@@ -189,8 +195,18 @@ def default_workers() -> int:
     return 0 if cores == 1 else min(4, cores)
 
 
+LOOKAHEAD_BYTES = 1 << 30  # decoded images waiting for the model, at most (worst case: max_side^2 RGB each)
+
+
+def _lookahead(batch_size: int, workers: int, max_side: int) -> int:
+    """Files decoded ahead of the model: four batches of a small batch, two of a large GPU batch, and
+    never more than LOOKAHEAD_BYTES of full-size decoded images (but always two per worker)."""
+    by_memory = LOOKAHEAD_BYTES // (3 * max_side * max_side)
+    return max(min(4 * batch_size, 64, by_memory), min(2 * batch_size, by_memory), 2 * workers)
+
+
 def _decoded(work: list[FileStat], options: IndexOptions, summary: IndexSummary) -> Iterator[DecodeResult]:
-    """Decode ``work`` in order, at most ``4 * batch_size`` files ahead of the consumer."""
+    """Decode ``work`` in order, a bounded number of files ahead of the consumer (``_lookahead``)."""
     workers = options.workers or default_workers()
     args = (options.max_pixels, options.max_side)
     if workers <= 0 or len(work) <= 1:
@@ -204,7 +220,7 @@ def _decoded(work: list[FileStat], options: IndexOptions, summary: IndexSummary)
     with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
         pending: deque[Future] = deque()
         upcoming = iter(work)
-        ahead = max(4 * options.batch_size, 2 * workers)
+        ahead = _lookahead(options.batch_size, workers, options.max_side)
         for file in upcoming:
             pending.append(pool.submit(load_file, file, *args))
             if len(pending) >= ahead:

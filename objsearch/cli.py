@@ -11,7 +11,7 @@ import logging
 import sys
 from functools import wraps
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -25,12 +25,12 @@ app = typer.Typer(
 )
 
 IndexOption = Annotated[
-    Optional[Path],
+    Path | None,
     typer.Option("--index", envvar="OBJSEARCH_INDEX", help="Index directory [default: ./.objsearch].", show_default=False),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
-IndexTypeOption = Annotated[Optional[str], typer.Option("--index-type", help="FAISS factory string for the vectors (e.g. 'IVF4096,SQ8'), or 'auto' (chosen by size and memory budget).", show_default=False)]
-MaxMemoryOption = Annotated[Optional[str], typer.Option("--max-index-memory", help="Memory budget of the vector index, e.g. 4GB or 512MB ('0' = none).", show_default=False)]
+IndexTypeOption = Annotated[str | None, typer.Option("--index-type", help="FAISS factory string for the vectors (e.g. 'IVF4096,SQ8'), or 'auto' (chosen by size and memory budget).", show_default=False)]
+MaxMemoryOption = Annotated[str | None, typer.Option("--max-index-memory", help="Memory budget of the vector index, e.g. 4GB or 512MB ('0' = none).", show_default=False)]
 
 _UNITS = {"": 1, "B": 1, "K": 1 << 10, "KB": 1 << 10, "M": 1 << 20, "MB": 1 << 20, "G": 1 << 30, "GB": 1 << 30, "T": 1 << 40, "TB": 1 << 40}
 
@@ -86,9 +86,9 @@ def _configure(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Lo
 def index(
     folders: Annotated[list[Path], typer.Argument(help="Folders (searched recursively) or image files.", show_default=False)],
     index_path: IndexOption = None,
-    model: Annotated[Optional[str], typer.Option("--model", help="Embedder name, 'module:factory', or checkpoint dir [default: the index's own, or bundled].", show_default=False)] = None,
-    exclude: Annotated[Optional[list[str]], typer.Option("--exclude", help="Glob of paths to skip; repeatable.")] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.")] = 8,
+    model: Annotated[str | None, typer.Option("--model", help="Embedder name, 'module:factory', or checkpoint dir [default: the index's own, or bundled].", show_default=False)] = None,
+    exclude: Annotated[list[str] | None, typer.Option("--exclude", help="Glob of paths to skip; repeatable.")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=0, help="Images per forward pass (0 = chosen for the device).")] = 0,
     workers: Annotated[int, typer.Option("--workers", min=0, help="Decoding processes (0 = automatic).")] = 0,
     commit_every: Annotated[int, typer.Option("--commit-every", min=1, help="Images per commit: the most a kill can lose.")] = 64,
     max_pixels: Annotated[int, typer.Option("--max-pixels", min=1, help="Skip images with more pixels (bomb guard).")] = 100_000_000,
@@ -124,18 +124,18 @@ def _parse_box(text: str) -> tuple[float, float, float, float]:
 @app.command()
 @_friendly_errors
 def query(
-    text: Annotated[Optional[str], typer.Argument(help="What to look for, e.g. 'red umbrella'.", show_default=False)] = None,
-    image: Annotated[Optional[Path], typer.Option("--image", help="Find objects like this image (or a --box of it).")] = None,
-    box: Annotated[Optional[str], typer.Option("--box", help="x1,y1,x2,y2 pixels of --image.")] = None,
-    object_id: Annotated[Optional[int], typer.Option("--object", help="Find objects like this indexed object id.")] = None,
+    text: Annotated[str | None, typer.Argument(help="What to look for, e.g. 'red umbrella'.", show_default=False)] = None,
+    image: Annotated[Path | None, typer.Option("--image", help="Find objects like this image (or a --box of it).")] = None,
+    box: Annotated[str | None, typer.Option("--box", help="x1,y1,x2,y2 pixels of --image.")] = None,
+    object_id: Annotated[int | None, typer.Option("--object", help="Find objects like this indexed object id.")] = None,
     top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="How many results.")] = 10,
-    where: Annotated[Optional[str], typer.Option("--where", help="SQL predicate on object/image columns, e.g. \"label = 'dog' AND width > 500\".")] = None,
-    min_score: Annotated[Optional[float], typer.Option("--min-score", help="Drop results whose similarity is below this.")] = None,
+    where: Annotated[str | None, typer.Option("--where", help="SQL predicate on object/image columns, e.g. \"label = 'dog' AND width > 500\".")] = None,
+    min_score: Annotated[float | None, typer.Option("--min-score", help="Drop results whose similarity is below this.")] = None,
     per_image: Annotated[bool, typer.Option("--per-image", help="Keep only the best object of each image.")] = False,
     as_json: JsonOption = False,
-    html: Annotated[Optional[Path], typer.Option("--html", help="Also write an HTML gallery with the boxes drawn.")] = None,
+    html: Annotated[Path | None, typer.Option("--html", help="Also write an HTML gallery with the boxes drawn.")] = None,
     index_path: IndexOption = None,
-    model: Annotated[Optional[str], typer.Option("--model", help="Must be the model that built the index.")] = None,
+    model: Annotated[str | None, typer.Option("--model", help="Must be the model that built the index.")] = None,
 ) -> None:
     """Search by TEXT, by an example region (--image [--box]) or by an indexed object (--object)."""
     from objsearch.search import open_index
@@ -284,10 +284,10 @@ app.add_typer(bench_app, name="bench")
 @bench_app.command("coco-search")
 @_friendly_errors
 def bench_coco_search(
-    data: Annotated[Optional[Path], typer.Option("--data", help="COCO-format directory: annotations/instances_*.json + images (optional refs_*.json) (default: the built-in synthetic set).", show_default=False)] = None,
-    model: Annotated[Optional[list[str]], typer.Option("--model", help="Embedder name, 'module:factory', or checkpoint dir; repeat to compare several (default: bundled).", show_default=False)] = None,
-    split: Annotated[Optional[str], typer.Option("--split", help="Which instances_SPLIT.json to measure, e.g. val2017 or val (default: test, else val).", show_default=False)] = None,
-    max_images: Annotated[Optional[int], typer.Option("--max-images", min=1, help="Measure only the first N images (by id).", show_default=False)] = None,
+    data: Annotated[Path | None, typer.Option("--data", help="COCO-format directory: annotations/instances_*.json + images (optional refs_*.json) (default: the built-in synthetic set).", show_default=False)] = None,
+    model: Annotated[list[str] | None, typer.Option("--model", help="Embedder name, 'module:factory', or checkpoint dir; repeat to compare several (default: bundled).", show_default=False)] = None,
+    split: Annotated[str | None, typer.Option("--split", help="Which instances_SPLIT.json to measure, e.g. val2017 or val (default: test, else val).", show_default=False)] = None,
+    max_images: Annotated[int | None, typer.Option("--max-images", min=1, help="Measure only the first N images (by id).", show_default=False)] = None,
     out: Annotated[Path, typer.Option("--out", help="Folder for results.json, results.md and pr_curve.png.")] = Path("bench-results"),
     seed: Annotated[int, typer.Option("--seed", help="Seed of the synthetic set and of sampled queries.")] = 0,
 ) -> None:

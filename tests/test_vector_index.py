@@ -107,3 +107,46 @@ def test_large_index_files_are_memory_mapped(tmp_path, monkeypatch):
     with open_index(tmp_path / "idx", model=build_blobs()) as idx:
         hits = idx.search_text("blue", k=5)
     assert hits and hits[0].label == "blue box"
+
+
+class _CountingIndex:
+    """Stands in for a GPU copy of an index (this machine has no GPU): the same answers, counted."""
+
+    def __init__(self, index) -> None:
+        self.index, self.searches = index, 0
+
+    def search(self, queries, k, **kwargs):
+        self.searches += 1
+        return self.index.search(queries, k, **kwargs)
+
+
+def test_with_gpu_search_on_unfiltered_searches_use_the_gpu_copy_and_the_rest_the_cpu_index(monkeypatch):
+    rng = np.random.default_rng(0)
+    data = rng.normal(size=(500, 16)).astype(np.float32)
+    data /= np.linalg.norm(data, axis=1, keepdims=True)
+    index = vectors.build(np.arange(500, dtype=np.int64), data, "IDMap2,Flat")
+    copies = []
+    monkeypatch.setattr(vectors, "gpu_count", lambda: 1)
+    monkeypatch.setattr(vectors, "to_gpus", lambda cpu: copies.append(_CountingIndex(cpu)) or copies[-1])
+    assert vectors.Searcher(index).gpu_index is None  # opt-in: nothing is copied unless asked
+
+    monkeypatch.setenv("OBJSEARCH_FAISS_GPU", "1")
+    searcher = vectors.Searcher(index)
+    assert len(copies) == 1 and searcher.gpu_index is copies[0]
+    expected = np.argsort(-(data @ data[7]))[:5]
+    _, ids = searcher.search(data[7], 5)
+    assert copies[0].searches == 1 and ids[0].tolist() == expected.tolist()
+    allowed = np.arange(0, 500, 2)
+    _, ids = searcher.search(data[7], 5, allowed_ids=allowed)
+    assert copies[0].searches == 1  # filtered: the CPU index, which supports ID selectors
+    assert set(ids[0].tolist()) <= set(allowed.tolist())
+    monkeypatch.setattr(vectors, "GPU_MAX_K", 3)
+    _, ids = searcher.search(data[7], 5)
+    assert copies[0].searches == 1 and ids[0].tolist() == expected.tolist()  # k beyond the GPU's limit: CPU
+
+
+def test_gpu_search_needs_gpus_as_well_as_the_switch(monkeypatch):
+    index = vectors.build(np.arange(3, dtype=np.int64), np.eye(3, 8, dtype=np.float32), "IDMap2,Flat")
+    monkeypatch.setenv("OBJSEARCH_FAISS_GPU", "1")
+    monkeypatch.setattr(vectors, "gpu_count", lambda: 0)  # faiss-cpu, or no visible GPU
+    assert not vectors.gpu_search_enabled() and vectors.Searcher(index).gpu_index is None

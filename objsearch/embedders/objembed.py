@@ -45,6 +45,34 @@ class ObjEmbedEmbedder:
     def device(self):
         return self.model.device
 
+    @property
+    def label_logit_scale(self) -> float:
+        """The trained inverse temperature of object-text cosines (softmax over labels)."""
+        return float(self.model.similarity_scale().detach())
+
+    def preferred_batch_size(self, probe_images: int = 4) -> int:
+        """Images per forward pass for this device: DEFAULT_BATCH_SIZE on CPU; on CUDA the largest
+        power of two that fits in half the free memory, from the peak memory of a probe batch of noise
+        images (which measures the forward pass, not every object's post-processing: hence the half,
+        and ``detect`` halves the batch again if it still runs out of memory)."""
+        from objsearch.embedders.batch_size import (
+            DEFAULT_BATCH_SIZE,
+            batch_size_for_memory,
+        )
+
+        if self.device.type != "cuda":
+            return DEFAULT_BATCH_SIZE
+        cuda, side = self.torch.cuda, self.model.config.image_size
+        cuda.synchronize(self.device)
+        cuda.reset_peak_memory_stats(self.device)
+        before = cuda.memory_allocated(self.device)
+        noise = np.random.default_rng(0).integers(0, 256, (probe_images, side, side, 3), dtype=np.uint8)
+        self._detect_batch(list(noise))
+        per_image = (cuda.max_memory_allocated(self.device) - before) / probe_images
+        size = batch_size_for_memory(per_image, cuda.mem_get_info(self.device)[0])
+        self.batch_size = max(self.batch_size, size)  # detect() must not split the batch again
+        return size
+
     def _inputs(self, images: Sequence[np.ndarray]):
         from objsearch.model.preprocess import letterbox
 
@@ -61,8 +89,19 @@ class ObjEmbedEmbedder:
 
     def detect(self, images: Sequence[np.ndarray]) -> list[Detections]:
         results: list[Detections] = []
-        for start in range(0, len(images), self.batch_size):
-            results.extend(self._detect_batch(images[start : start + self.batch_size]))
+        start = 0
+        while start < len(images):
+            chunk = images[start : start + self.batch_size]
+            try:
+                results.extend(self._detect_batch(chunk))
+            except self.torch.cuda.OutOfMemoryError:
+                if self.batch_size == 1:
+                    raise
+                self.batch_size = max(1, self.batch_size // 2)  # the memory probe was optimistic: halve, retry
+                logger.warning("CUDA out of memory: batch size lowered to %d", self.batch_size)
+                self.torch.cuda.empty_cache()
+                continue
+            start += len(chunk)
         return results
 
     def _detect_batch(self, images: Sequence[np.ndarray]) -> list[Detections]:

@@ -161,4 +161,8 @@ class ObjEmbed(nn.Module):
 
     def similarity(self, object_embeddings: torch.Tensor, text_embeddings: torch.Tensor) -> torch.Tensor:
         """Scaled cosine logits (..., N_obj) x (N_text, E) -> (..., N_text)."""
-        return self.logit_scale.exp().clamp(max=100) * object_embeddings @ text_embeddings.T
+        return self.similarity_scale() * object_embeddings @ text_embeddings.T
+
+    def similarity_scale(self) -> torch.Tensor:
+        """The trained inverse temperature of object-text cosines (at most 100, as in CLIP)."""
+        return self.logit_scale.exp().clamp(max=100)

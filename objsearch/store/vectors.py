@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import re
 from pathlib import Path
 
@@ -46,16 +47,21 @@ def choose_index_type(n_objects: int, embed_dim: int, max_memory_bytes: int | No
     """The factory string for ``n_objects`` vectors of ``embed_dim`` within a memory budget (bytes)."""
     if n_objects <= EXACT_MAX_OBJECTS and (not max_memory_bytes or n_objects * estimated_bytes_per_vector(DEFAULT_INDEX_TYPE, embed_dim) <= max_memory_bytes):
         return DEFAULT_INDEX_TYPE
+    candidates = ivf_index_types(n_objects, embed_dim)
+    for index_type in candidates:
+        if not max_memory_bytes or n_objects * estimated_bytes_per_vector(index_type, embed_dim) <= max_memory_bytes:
+            return index_type
+    return candidates[-1]
+
+
+def ivf_index_types(n_objects: int, embed_dim: int) -> list[str]:
+    """The IVF factory strings for ``n_objects`` vectors, largest codes first: float16, 8-bit, PQ."""
     # About 4 sqrt(n) lists, and at least 39 training vectors per list (FAISS' k-means minimum).
     nlist = 2 ** round(math.log2(max(256, min(65536, 4 * math.sqrt(max(n_objects, 1))))))
     while nlist > 1 and nlist * 39 > n_objects:
         nlist //= 2
     m = next(m for m in (embed_dim // 8, embed_dim // 4, embed_dim // 2, embed_dim) if m and embed_dim % m == 0)
-    candidates = [f"IVF{nlist},SQfp16", f"IVF{nlist},SQ8", f"IVF{nlist},PQ{m}"]
-    for index_type in candidates:
-        if not max_memory_bytes or n_objects * estimated_bytes_per_vector(index_type, embed_dim) <= max_memory_bytes:
-            return index_type
-    return candidates[-1]
+    return [f"IVF{nlist},SQfp16", f"IVF{nlist},SQ8", f"IVF{nlist},PQ{m}"]
 
 
 def estimated_bytes_per_vector(index_type: str, embed_dim: int) -> int:
@@ -177,12 +183,50 @@ def _selector(ids: np.ndarray):
     return faiss.IDSelectorBatch(ids)
 
 
-class Searcher:
-    """Searches one loaded (read-only) index; caches the sorted ids that filtered scans use."""
+GPU_MAX_K = 2048  # FAISS GPU indexes refuse larger k (and nprobe)
 
-    def __init__(self, index) -> None:
+
+def gpu_count() -> int:
+    """GPUs this FAISS build can use (0 for faiss-cpu)."""
+    faiss = _faiss()
+    return int(faiss.get_num_gpus()) if hasattr(faiss, "StandardGpuResources") else 0
+
+
+def gpu_search_enabled() -> bool:
+    """Whether searches should use the GPUs: asked for with OBJSEARCH_FAISS_GPU=1, and GPUs present."""
+    return os.environ.get("OBJSEARCH_FAISS_GPU", "0") == "1" and gpu_count() > 0
+
+
+def to_gpus(index):
+    """A copy of ``index`` on every GPU (sharded across several), with the CPU index's nprobe, or
+    None when FAISS cannot put this index type on a GPU."""
+    faiss = _faiss()
+    try:
+        options = faiss.GpuMultipleClonerOptions()
+        options.shard = True  # several GPUs each hold a part, rather than a full replica
+        gpu = faiss.index_cpu_to_all_gpus(index, co=options)
+    except (RuntimeError, AttributeError) as exc:
+        logger.warning("the vector index stays on the CPU: FAISS cannot copy it to the GPU (%s)", exc)
+        return None
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is not None:
+        faiss.GpuParameterSpace().set_index_parameter(gpu, "nprobe", min(ivf.nprobe, GPU_MAX_K))
+    logger.info("vector index copied to %d GPU(s)", gpu_count())
+    return gpu
+
+
+class Searcher:
+    """Searches one loaded (read-only) index; caches the sorted ids that filtered scans use.
+
+    use_gpu: None = ``gpu_search_enabled()``; unfiltered searches then run on a GPU copy.
+    """
+
+    def __init__(self, index, *, use_gpu: bool | None = None) -> None:
         self.index = index
         self._sorted_ids: np.ndarray | None = None
+        if use_gpu is None:
+            use_gpu = gpu_search_enabled()
+        self.gpu_index = to_gpus(index) if use_gpu and index.ntotal else None
 
     def search(self, queries: np.ndarray, k: int, allowed_ids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Top-k by inner product -> (scores (Q, k') float32, ids (Q, k') int64), k' <= k; id -1 = empty slot.
@@ -195,7 +239,9 @@ class Searcher:
         if index.ntotal == 0 or (allowed_ids is not None and len(allowed_ids) == 0):
             return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
         if allowed_ids is None:
-            return index.search(queries, max(1, min(k, index.ntotal)))
+            k = max(1, min(k, index.ntotal))
+            on_gpu = self.gpu_index is not None and k <= GPU_MAX_K
+            return (self.gpu_index if on_gpu else index).search(queries, k)
         allowed_ids = np.sort(np.asarray(allowed_ids, dtype=np.int64))  # np.unique costs 10x more here
         k = max(1, min(k, len(allowed_ids)))
         if len(allowed_ids) <= SCAN_MAX_SELECTED:

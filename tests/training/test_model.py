@@ -453,3 +453,11 @@ def test_the_engine_indexes_and_queries_with_an_objembed_checkpoint(model, tmp_p
     assert "cannot be used with" in refused.output and "Traceback" not in refused.output
     again = runner.invoke(app, ["query", "red star", "--index", str(index), "--json", "-k", "5"])
     assert again.exit_code == 0 and json.loads(again.stdout) == hits, "the refused run changed the index"
+
+
+def test_objembed_on_cpu_takes_the_default_batch_size(model):
+    from objsearch.embedders.batch_size import DEFAULT_BATCH_SIZE
+    from objsearch.embedders.objembed import ObjEmbedEmbedder
+
+    assert ObjEmbedEmbedder(model, version="test").preferred_batch_size() == DEFAULT_BATCH_SIZE
+
