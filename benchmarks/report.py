@@ -35,6 +35,8 @@ COLUMNS: list[tuple[str, KeyPath, Callable[[float], str]]] = [
     ("box AP", ("metrics", "detection", "AP"), _percent),
     ("AP50", ("metrics", "detection", "AP50"), _percent),
     ("APr", ("metrics", "detection", "APr"), _percent),
+    ("ranked AP", ("metrics", "detection_ranked_labels", "AP"), _percent),
+    ("ranked AP50", ("metrics", "detection_ranked_labels", "AP50"), _percent),
     ("mask AP", ("metrics", "mask", "AP"), _percent),
     ("text R@1", ("metrics", "text_to_object", "category", "R@1"), _percent),
     ("text R@5", ("metrics", "text_to_object", "category", "R@5"), _percent),
@@ -56,7 +58,8 @@ COLUMNS: list[tuple[str, KeyPath, Callable[[float], str]]] = [
 
 LEGEND = (
     "Metrics in % (CIDEr-D x 100). box AP / AP50 / APr / mask AP: COCOeval of the detections, each labelled with "
-    "its nearest category name (APr: rare categories). text: one query per category name; attr: per "
+    "its nearest category name (APr: rare categories); ranked AP / AP50: each box with its 3 likeliest categories, "
+    "scored detection score x softmax probability (DETR-style scoring; models with a trained temperature only). text: one query per category name; attr: per "
     "\"colour category\"; ref: per referring expression; a hit is a returned object with IoU >= 0.5 to a "
     "relevant one; R@K = queries with a hit in the top K, mAP over the top 100. obj: each ground-truth box as "
     "the query, same-category objects of other images relevant. 0-shot acc: ground-truth boxes classified by "

@@ -3,7 +3,11 @@ training-time evaluation. All metric arithmetic is in ``objsearch.metrics``.
 
 What is measured (each a section of the returned dict):
 - detection / mask: COCOeval AP of the detections, each labelled with the nearest category name in
-  the embedder's text space (open-vocabulary detection);
+  the embedder's text space (open-vocabulary detection, one label per box);
+- detection_ranked_labels: COCOeval AP the way DETR-family and open-vocabulary detectors are scored:
+  each box enters with its LABELS_PER_BOX most likely categories, each scored detection score x
+  softmax probability of the category (the embedder's ``label_logit_scale`` times cosine); only for
+  embedders that have such a scale;
 - text_to_object: one query per category name, per "colour category" pair when annotations carry a
   "colour" key, and per referring expression when refs are given; a hit is a stored object with
   IoU >= 0.5 to a relevant ground-truth object;
@@ -33,6 +37,7 @@ logger = logging.getLogger(__name__)
 RANK_DEPTH = 100  # objects ranked per query (mAP@100)
 MAX_REGION_QUERIES = 500  # object-to-object queries per evaluation (a seeded sample beyond this)
 AP_SCORE_THRESHOLD = 0.05  # detection threshold while measuring AP (COCO practice: keep low scores)
+LABELS_PER_BOX = 3  # category hypotheses per box in detection_ranked_labels
 
 
 @dataclass
@@ -84,13 +89,18 @@ def evaluate_embedder(embedder, split: CocoSplit, *, max_images: int | None = No
 
     detections, stored = _detect(embedder, split, images, batch_size)
     results: dict[str, Any] = {"counts": {"images": len(images), "objects": len(annotations),
-                                          "stored_objects": int(len(stored.image_ids))}}
+                                          "stored_objects": len(stored.image_ids)}}
     gt_subset = {**split.gt, "images": images, "annotations": annotations}
+    category_ids = sorted(cat_index)
     labelled = []
     for det in detections:
         label = int(np.argmax(det["embedding"] @ label_embeddings.T))
-        labelled.append({**det, "category_id": sorted(cat_index)[label]})
+        labelled.append({**det, "category_id": category_ids[label]})
     results["detection"] = metrics.coco_detection_ap(gt_subset, labelled, iou_type="bbox")
+    scale = getattr(embedder, "label_logit_scale", None)
+    if scale is not None:
+        ranked = _ranked_labels(detections, label_embeddings, category_ids, float(scale))
+        results["detection_ranked_labels"] = metrics.coco_detection_ap(gt_subset, ranked, iou_type="bbox")
     results["detection_class_agnostic"] = _class_agnostic_ap(gt_subset, detections)
     if labelled and all(d.get("segmentation") for d in labelled):
         results["mask"] = metrics.coco_detection_ap(gt_subset, labelled, iou_type="segm")
@@ -145,6 +155,21 @@ def _detect(embedder, split: CocoSplit, images: list[dict], batch_size: int) -> 
     stored = StoredObjects(np.asarray(ids), np.asarray(boxes, np.float64).reshape(-1, 4),
                            np.asarray(scores, np.float32), np.asarray(embeddings, np.float32).reshape(-1, dim))
     return detections, stored
+
+
+def _ranked_labels(detections: list[dict], label_embeddings: np.ndarray, category_ids: list[int],
+                   logit_scale: float) -> list[dict]:
+    """Each detection as up to LABELS_PER_BOX (box, category) detections, scored score x p(category),
+    p = softmax(logit_scale x cosine) over the categories."""
+    ranked = []
+    for det in detections:
+        logits = logit_scale * (label_embeddings @ det["embedding"])
+        probs = np.exp(logits - logits.max())
+        probs /= probs.sum()
+        for label in np.argsort(-probs)[:LABELS_PER_BOX]:
+            ranked.append({"image_id": det["image_id"], "bbox_xyxy": det["bbox_xyxy"],
+                           "score": det["score"] * float(probs[label]), "category_id": category_ids[label]})
+    return ranked
 
 
 def _class_agnostic_ap(gt: dict, detections: list[dict]) -> dict[str, float]:

@@ -75,7 +75,7 @@ class OptimConfig:
     grad_clip: float = 0.5
     batch_size: int = 16
     steps: int = 1400  # total optimisation steps
-    max_minutes: float = 0.0  # stop early after this much wall time (0: no limit)
+    max_minutes: float = 0.0  # time budget: the LR anneals by it and the run stops when it is spent (0: none)
 
 
 @dataclass
@@ -118,6 +118,8 @@ def _apply(obj: Any, values: dict[str, Any], prefix: str = "") -> None:
 
 
 def _coerce(value: Any, current: Any, key: str) -> Any:
+    if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)  # JSON's 27 for a float field stays a float (later overrides parse as float)
     if not isinstance(value, str) or isinstance(current, str):
         return value
     if isinstance(current, bool):

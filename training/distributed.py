@@ -26,12 +26,27 @@ def init_from_environment(device: str) -> None:
         dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
 
 
+def _scalar(value: float) -> torch.Tensor:
+    """A one-element tensor where the backend can reduce it (NCCL reduces CUDA tensors only)."""
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    return torch.tensor([value], dtype=torch.float64, device=device)
+
+
 def mean_over_ranks(value: float) -> float:
     if not is_distributed():
         return value
-    tensor = torch.tensor([value], dtype=torch.float64)
+    tensor = _scalar(value)
     dist.all_reduce(tensor)
     return float(tensor.item()) / world_size()
+
+
+def max_over_ranks(value: float) -> float:
+    """The largest of the ranks' values (every rank gets the same number: decisions stay in step)."""
+    if not is_distributed():
+        return value
+    tensor = _scalar(value)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return float(tensor.item())
 
 
 def gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:

@@ -43,11 +43,16 @@ class ResumeMismatch(Exception):
     """output_dir/last holds a run whose model config differs from the one asked for."""
 
 
-def lr_factor(step: int, warmup: int, total: int) -> float:
-    """Linear warm-up to 1, then cosine decay to 0.05 at ``total``."""
+def lr_factor(step: int, warmup: int, total: int, spent: float = 0.0) -> float:
+    """Linear warm-up over ``warmup`` steps to 1, then cosine decay to 0.05 at the end of the run.
+
+    The run ends at ``total`` steps or when its time budget is spent, whichever comes first:
+    ``spent`` is the fraction of the budget used (0 without one), so a run that a slower machine
+    cuts short still anneals fully instead of stopping at a high learning rate.
+    """
     if step < warmup:
         return (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    progress = min(1.0, max((step - warmup) / max(1, total - warmup), spent))
     return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress))
 
 
@@ -121,6 +126,7 @@ class Trainer:
         self.step = 0
         self.history: list[dict[str, Any]] = []
         self.train_seconds = 0.0
+        self.spent = 0.0  # fraction of the time budget used (see budget_spent)
         self.images_seen = 0
         self.wrapped: torch.nn.Module = ModelWithLoss(self.model, self.criterion)
         if distributed.is_distributed():
@@ -180,7 +186,8 @@ class Trainer:
         if extra is not None:
             extra = extra.to(self.device)
         for group in self.optimizer.param_groups:
-            group["lr"] = group["base_lr"] * lr_factor(self.step, config.optim.warmup_steps, config.optim.steps)
+            group["lr"] = group["base_lr"] * lr_factor(self.step, config.optim.warmup_steps, config.optim.steps,
+                                                       self.spent)
         autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=config.amp and self.device.type == "cuda")
         with autocast:
             terms = self.wrapped(images, targets, extra, max(1, config.denoising_groups), pairs)
@@ -198,6 +205,12 @@ class Trainer:
         self.optimizer.step()
         return {"loss": total.item(), **{k: v.item() for k, v in terms.items()}, **diagnostics}
 
+    def budget_spent(self) -> float:
+        """The fraction of ``optim.max_minutes`` used so far (0 without a budget). Under DDP it is the
+        slowest rank's clock on every rank, so all ranks anneal alike and stop at the same step."""
+        budget = self.config.optim.max_minutes * 60
+        return distributed.max_over_ranks(self.train_seconds) / budget if budget > 0 else 0.0
+
     # ---- the run --------------------------------------------------------------------------------
     def loader(self) -> torch.utils.data.DataLoader:
         mixed = MixedDataset(self.sources)
@@ -214,7 +227,9 @@ class Trainer:
         config = self.config
         started = time.perf_counter() - self.train_seconds
         log_every = 20
-        batches = self.loader() if self.step < config.optim.steps else []  # a finished run resumes to its end
+        self.spent = self.budget_spent()
+        finished = self.step >= config.optim.steps or self.spent >= 1.0
+        batches = [] if finished else self.loader()  # a finished run resumes to its end
         for batch in batches:
             stats = self.train_step(batch)
             self.step += 1
@@ -228,8 +243,11 @@ class Trainer:
                 self.record_evaluation("val")
             if config.checkpoint_every and self.step % config.checkpoint_every == 0:
                 self.save_state()
-            if config.optim.max_minutes and self.train_seconds > config.optim.max_minutes * 60:
-                logger.warning("stopping at step %d: the %.1f-minute budget is spent", self.step, config.optim.max_minutes)
+            self.train_seconds = time.perf_counter() - started  # with the evaluation just run
+            self.spent = self.budget_spent()
+            if self.spent >= 1.0:
+                logger.warning("stopping at step %d of %d: the %.1f-minute budget is spent", self.step,
+                               config.optim.steps, config.optim.max_minutes)
                 break
         self.save_state()
         final = self.output / "final"
@@ -272,6 +290,8 @@ def headline(results: dict[str, Any]) -> dict[str, float]:
         "box_AP": results.get("detection", {}).get("AP", float("nan")),
         "box_AP50": results.get("detection", {}).get("AP50", float("nan")),
         "agnostic_AP50": results.get("detection_class_agnostic", {}).get("AP50", float("nan")),
+        "ranked_AP": results.get("detection_ranked_labels", {}).get("AP", float("nan")),
+        "ranked_AP50": results.get("detection_ranked_labels", {}).get("AP50", float("nan")),
         "mask_AP": results.get("mask", {}).get("AP", float("nan")),
         "colour_shape_R@5": t2o.get("attribute", {}).get("R@5", float("nan")),
         "referring_R@1": t2o.get("referring", {}).get("R@1", float("nan")),

@@ -1,7 +1,11 @@
 """``python -m training.train [PRESET.json] [--key value ...]``: train ObjEmbed.
 
-With no arguments: the ``tiny`` preset on a freshly generated synthetic set, on CPU (or CUDA when
-present), writing ``runs/tiny/final`` — a checkpoint ``objsearch index --model`` loads.
+With no preset: ``training/presets/tiny.json``, the tiny model on a freshly generated synthetic set,
+on CPU (or CUDA when present), writing ``runs/tiny/final`` — a checkpoint ``objsearch index --model``
+loads. It trains 1400 steps or for 27 minutes, whichever ends first (the budget covers the training
+loop and its val evaluations; setup and the final test evaluation add about a minute), and its
+learning rate anneals by whichever is nearer its end. A run cut short by the budget therefore
+depends on the machine's speed; set ``--optim.max_minutes 0`` for a step-exact, reproducible run.
 Under ``torchrun --nproc_per_node N`` the same command trains with DistributedDataParallel.
 """
 
@@ -12,6 +16,8 @@ import sys
 
 from training.config import load_config
 
+DEFAULT_PRESET = "tiny"
+
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -19,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
         print(__doc__)
         print("Keys: see training/config.py (TrainConfig); presets: training/presets/*.json")
         return 0
-    preset_file = argv.pop(0) if argv and not argv[0].startswith("--") else None
+    preset_file = argv.pop(0) if argv and not argv[0].startswith("--") else DEFAULT_PRESET
     try:
         config = load_config(preset_file, argv)
     except (ValueError, OSError) as exc:

@@ -13,7 +13,11 @@ import torch
 import torch.nn.functional as F
 
 from tests.training.test_model import (  # noqa: F401  (model, one_thread: shared fixtures)
-    CATEGORIES, SMALL_OVERRIDES, model, one_thread, small_config,
+    CATEGORIES,
+    SMALL_OVERRIDES,
+    model,
+    one_thread,
+    small_config,
 )
 from training.config import TASK_TERMS, LossWeights, TrainConfig, load_config
 from training.criterion import SetCriterion, task_losses
@@ -273,6 +277,14 @@ def test_lr_factor_warms_up_linearly_then_decays_to_five_percent():
     assert lr_factor(0, 0, total) == pytest.approx(1.0)
 
 
+def test_a_time_budget_anneals_the_learning_rate_by_whichever_runs_out_first():
+    warmup, total = 10, 100
+    assert lr_factor(20, warmup, total, spent=0.5) == pytest.approx(0.05 + 0.95 * 0.5)  # time is ahead of steps
+    assert lr_factor(55, warmup, total, spent=0.1) == pytest.approx(0.05 + 0.95 * 0.5)  # steps are ahead of time
+    assert lr_factor(20, warmup, total, spent=1.0) == pytest.approx(0.05)
+    assert lr_factor(5, warmup, total, spent=0.9) == pytest.approx(0.6)  # warm-up is by steps only
+
+
 # ---------------------------------------------------------------------------------------- a real run
 
 
@@ -319,6 +331,31 @@ def test_training_main_writes_a_checkpoint_and_metrics_then_resumes(tmp_path, ca
     assert main(other) == 2
     assert "differs in decoder_layers" in capsys.readouterr().err
     assert (run / "last" / "model.safetensors").read_bytes() == weights
+
+
+def test_a_run_stops_when_its_time_budget_is_spent(tmp_path, caplog):
+    from training.train import main
+
+    caplog.set_level(logging.WARNING, logger="training.engine")
+    assert main(tiny_run_arguments(tmp_path, steps=50) + ["--optim.max_minutes", "0.00001"]) == 0
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["steps"] == 1 and (tmp_path / "run" / "final" / "model.safetensors").is_file()
+    assert any("budget is spent" in r.getMessage() for r in caplog.records)
+
+    # Run again: the budget is still spent, so the run is finished and trains nothing more ...
+    assert main(tiny_run_arguments(tmp_path, steps=50) + ["--optim.max_minutes", "0.00001"]) == 0
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["steps"] == 1
+    # ... until the budget is raised: then it continues from where it stopped.
+    assert main(tiny_run_arguments(tmp_path, steps=3) + ["--optim.max_minutes", "60"]) == 0
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["steps"] == 3
+
+
+def test_no_arguments_means_the_tiny_preset_with_its_time_budget():
+    from training.train import DEFAULT_PRESET
+
+    config = load_config(DEFAULT_PRESET)
+    assert config.preset == "tiny" and config.output_dir == "runs/tiny"
+    assert 0 < config.optim.max_minutes < 30  # the default run fits the 30 minutes it is promised
 
 
 @pytest.mark.parametrize("name", ["tiny", "base", "large"])
