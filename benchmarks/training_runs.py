@@ -23,6 +23,8 @@ COLUMNS = [
     ("box_AP", "box AP"),
     ("box_AP50", "AP50"),
     ("agnostic_AP50", "class-agnostic AP50"),
+    ("ranked_AP", "ranked AP"),
+    ("ranked_AP50", "ranked AP50"),
     ("mask_AP", "mask AP"),
     ("colour_shape_R@5", "colour-shape R@5"),
     ("referring_R@1", "referring R@1"),

@@ -23,6 +23,8 @@ def world_size() -> int:
 def init_from_environment(device: str) -> None:
     """Join the process group when launched by torchrun (WORLD_SIZE > 1): NCCL on CUDA, gloo on CPU."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not is_distributed():
+        if device.startswith("cuda"):
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))  # NCCL collectives use the current device
         dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
 
 

@@ -241,11 +241,11 @@ class Trainer:
                                                     + [f"w_{k}={v:.2f}" for k, v in self.gradnorm.weights.items()]))
             if config.eval_every and self.step % config.eval_every == 0 and self.step < config.optim.steps:
                 self.record_evaluation("val")
+            self.train_seconds = time.perf_counter() - started  # with the evaluation just run
             if config.checkpoint_every and self.step % config.checkpoint_every == 0:
                 self.save_state()
-            self.train_seconds = time.perf_counter() - started  # with the evaluation just run
             self.spent = self.budget_spent()
-            if self.spent >= 1.0:
+            if self.spent >= 1.0 and self.step < config.optim.steps:
                 logger.warning("stopping at step %d of %d: the %.1f-minute budget is spent", self.step,
                                config.optim.steps, config.optim.max_minutes)
                 break

@@ -70,7 +70,7 @@ class ObjEmbedEmbedder:
         self._detect_batch(list(noise))
         per_image = (cuda.max_memory_allocated(self.device) - before) / probe_images
         size = batch_size_for_memory(per_image, cuda.mem_get_info(self.device)[0])
-        self.batch_size = max(self.batch_size, size)  # detect() must not split the batch again
+        self.batch_size = size  # detect() passes the pipeline's batches whole
         return size
 
     def _inputs(self, images: Sequence[np.ndarray]):
@@ -95,9 +95,9 @@ class ObjEmbedEmbedder:
             try:
                 results.extend(self._detect_batch(chunk))
             except self.torch.cuda.OutOfMemoryError:
-                if self.batch_size == 1:
+                if len(chunk) == 1:
                     raise
-                self.batch_size = max(1, self.batch_size // 2)  # the memory probe was optimistic: halve, retry
+                self.batch_size = len(chunk) // 2  # the memory probe was optimistic: halve what failed, retry
                 logger.warning("CUDA out of memory: batch size lowered to %d", self.batch_size)
                 self.torch.cuda.empty_cache()
                 continue

@@ -205,12 +205,12 @@ def to_gpus(index):
         options = faiss.GpuMultipleClonerOptions()
         options.shard = True  # several GPUs each hold a part, rather than a full replica
         gpu = faiss.index_cpu_to_all_gpus(index, co=options)
+        ivf = faiss.try_extract_index_ivf(index)
+        if ivf is not None:
+            faiss.GpuParameterSpace().set_index_parameter(gpu, "nprobe", min(ivf.nprobe, GPU_MAX_K))
     except (RuntimeError, AttributeError) as exc:
         logger.warning("the vector index stays on the CPU: FAISS cannot copy it to the GPU (%s)", exc)
         return None
-    ivf = faiss.try_extract_index_ivf(index)
-    if ivf is not None:
-        faiss.GpuParameterSpace().set_index_parameter(gpu, "nprobe", min(ivf.nprobe, GPU_MAX_K))
     logger.info("vector index copied to %d GPU(s)", gpu_count())
     return gpu
 

@@ -461,3 +461,30 @@ def test_objembed_on_cpu_takes_the_default_batch_size(model):
 
     assert ObjEmbedEmbedder(model, version="test").preferred_batch_size() == DEFAULT_BATCH_SIZE
 
+
+
+def test_objembed_halves_its_batch_when_cuda_runs_out_of_memory(model, monkeypatch):
+    """Simulated on CPU: a forward pass of more than two images raises CUDA's out-of-memory error."""
+    from objsearch.embedders.base import Detections
+    from objsearch.embedders.objembed import ObjEmbedEmbedder
+
+    embedder = ObjEmbedEmbedder(model, version="test", batch_size=8)
+    passes = []
+
+    def fake_batch(chunk):
+        passes.append(len(chunk))
+        if len(chunk) > 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return [Detections.empty(embedder.embed_dim) for _ in chunk]
+
+    monkeypatch.setattr(embedder, "_detect_batch", fake_batch)
+    images = [np.zeros((8, 8, 3), np.uint8)] * 5
+    assert len(embedder.detect(images)) == 5  # every image answered, in order
+    assert passes == [5, 2, 2, 1] and embedder.batch_size == 2
+
+    def always_out_of_memory(chunk):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(embedder, "_detect_batch", always_out_of_memory)
+    with pytest.raises(torch.cuda.OutOfMemoryError):  # one image that does not fit is a real error
+        embedder.detect(images[:1])
