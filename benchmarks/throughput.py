@@ -66,11 +66,7 @@ def model_only_vs_end_to_end(name: str, embedder, photos: Path, index: Path, bat
 def batch_sweep(name: str, embedder, photos: Path, sizes: list[int]) -> None:
     files = discover([photos]).files
     pixels = [load_file(f, 100_000_000, 1600).image.pixels for f in files]
-    rates = {}
-    for size in sizes:
-        if hasattr(embedder, "batch_size"):
-            embedder.batch_size = size  # ObjEmbed splits larger inputs at its own batch size
-        rates[size] = model_only_rate(embedder, pixels, size)
+    rates = {size: model_only_rate(embedder, pixels, size) for size in sizes}
     print(f"{name}, model only by batch size ({len(files)} images): "
           + ", ".join(f"{size}: {rate:.2f}" for size, rate in rates.items()) + " images/s")
 

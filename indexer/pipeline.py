@@ -136,8 +136,6 @@ def _embed_and_write(writer, embedder, work: list[FileStat], replaces: dict[str,
         return
     if not options.batch_size:
         options = dataclasses.replace(options, batch_size=choose_batch_size(embedder))
-    elif hasattr(embedder, "batch_size"):
-        embedder.batch_size = options.batch_size  # an embedder that splits its input must not split ours
     bar = tqdm(total=len(work), unit="img", desc="indexing", disable=not options.progress)
     since_commit = 0
     try:

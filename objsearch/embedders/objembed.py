@@ -26,8 +26,7 @@ class ObjEmbedEmbedder:
     name = "objembed"
 
     def __init__(self, model, *, version: str, score_threshold: float = DEFAULT_SCORE_THRESHOLD,
-                 max_objects: int = 50, batch_size: int = 16, with_captions: bool = True,
-                 with_masks: bool = True) -> None:
+                 max_objects: int = 50, with_captions: bool = True, with_masks: bool = True) -> None:
         import torch
 
         self.torch = torch
@@ -36,7 +35,7 @@ class ObjEmbedEmbedder:
         self.embed_dim = int(model.config.embed_dim)
         self.score_threshold = score_threshold
         self.max_objects = max_objects
-        self.batch_size = batch_size
+        self.max_batch: int | None = None  # images per forward pass at most; set when CUDA runs out of memory
         self.with_captions = with_captions
         self.with_masks = with_masks
         self._label_embeddings = None
@@ -69,9 +68,7 @@ class ObjEmbedEmbedder:
         noise = np.random.default_rng(0).integers(0, 256, (probe_images, side, side, 3), dtype=np.uint8)
         self._detect_batch(list(noise))
         per_image = (cuda.max_memory_allocated(self.device) - before) / probe_images
-        size = batch_size_for_memory(per_image, cuda.mem_get_info(self.device)[0])
-        self.batch_size = size  # detect() passes the pipeline's batches whole
-        return size
+        return batch_size_for_memory(per_image, cuda.mem_get_info(self.device)[0])
 
     def _inputs(self, images: Sequence[np.ndarray]):
         from objsearch.model.preprocess import letterbox
@@ -88,17 +85,18 @@ class ObjEmbedEmbedder:
         return self._label_embeddings
 
     def detect(self, images: Sequence[np.ndarray]) -> list[Detections]:
+        """One forward pass for the given images (the caller batches), split only if CUDA ran out of memory."""
         results: list[Detections] = []
         start = 0
         while start < len(images):
-            chunk = images[start : start + self.batch_size]
+            chunk = images[start : start + (self.max_batch or len(images))]
             try:
                 results.extend(self._detect_batch(chunk))
             except self.torch.cuda.OutOfMemoryError:
                 if len(chunk) == 1:
                     raise
-                self.batch_size = len(chunk) // 2  # the memory probe was optimistic: halve what failed, retry
-                logger.warning("CUDA out of memory: batch size lowered to %d", self.batch_size)
+                self.max_batch = len(chunk) // 2  # the memory probe was optimistic: halve what failed, retry
+                logger.warning("CUDA out of memory: at most %d images per forward pass from now on", self.max_batch)
                 self.torch.cuda.empty_cache()
                 continue
             start += len(chunk)

@@ -468,7 +468,7 @@ def test_objembed_halves_its_batch_when_cuda_runs_out_of_memory(model, monkeypat
     from objsearch.embedders.base import Detections
     from objsearch.embedders.objembed import ObjEmbedEmbedder
 
-    embedder = ObjEmbedEmbedder(model, version="test", batch_size=8)
+    embedder = ObjEmbedEmbedder(model, version="test")
     passes = []
 
     def fake_batch(chunk):
@@ -480,7 +480,7 @@ def test_objembed_halves_its_batch_when_cuda_runs_out_of_memory(model, monkeypat
     monkeypatch.setattr(embedder, "_detect_batch", fake_batch)
     images = [np.zeros((8, 8, 3), np.uint8)] * 5
     assert len(embedder.detect(images)) == 5  # every image answered, in order
-    assert passes == [5, 2, 2, 1] and embedder.batch_size == 2
+    assert passes == [5, 2, 2, 1] and embedder.max_batch == 2
 
     def always_out_of_memory(chunk):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
