@@ -64,6 +64,9 @@ class DataConfig:
     #: Extra sources: name -> {"format": "coco"|"lvis"|"refcoco"|"cc3m"|"imagenet", ...loader kwargs}.
     sources: dict[str, dict[str, Any]] = field(default_factory=dict)
     workers: int = 0  # DataLoader workers (0: load in the training process)
+    #: LVIS repeat-factor sampling: an image whose rarest category is in a fraction f < t of the
+    #: images is drawn max(1, sqrt(t / f)) times as often (sources that list their images' categories). 0: off.
+    repeat_factor_threshold: float = 0.0
 
 
 @dataclass

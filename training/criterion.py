@@ -182,7 +182,7 @@ class SetCriterion:
         own = [k for k, n in enumerate(names_per_object) if n == classifier_names]
         if own and "class_logits" in outputs:
             own_t = torch.as_tensor(own)
-            logits = self.model.classifier(objects.embeddings[idx[own_t]])
+            logits = self.model.classify(objects.embeddings[idx[own_t]])
             per_object = F.cross_entropy(logits, labels[own_t], reduction="none")
             terms["classify"] = self._ohem_mean(per_object, labels[own_t])
         return terms
@@ -221,8 +221,10 @@ class SetCriterion:
         ids = tokenizer(phrases, padding=True, truncation=True, max_length=max_len, return_tensors="pt")["input_ids"]
         ids = ids.to(objects.embeddings.device)
         inputs, gold = ids[:, :-1], ids[:, 1:].masked_fill(ids[:, 1:] == tokenizer.pad_token_id, -100)
-        logits = self.model.caption_head(objects.embeddings[torch.as_tensor(keep)], inputs)
-        return F.cross_entropy(logits.flatten(0, 1), gold.flatten(), ignore_index=-100)
+        head = self.model.caption_head
+        hidden = head.hidden(objects.embeddings[torch.as_tensor(keep)], inputs)  # (N, T, D)
+        scored = gold != -100  # padding positions never meet the vocabulary: same loss, less work
+        return F.cross_entropy(head.vocabulary_logits(hidden[scored]), gold[scored])
 
     # ---- all together ---------------------------------------------------------------------------
     def __call__(self, outputs: dict, targets: list[Target], dn_pairs: list) -> dict[str, torch.Tensor]:

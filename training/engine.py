@@ -23,6 +23,7 @@ from training.config import TrainConfig
 from training.criterion import SetCriterion, task_losses
 from training.data.collate import Collator
 from training.data.mixing import MixedBatchSampler, MixedDataset
+from training.data.repeat_factors import image_repeat_factors
 from training.data.sources import (
     SYNTHETIC,
     build_sources,
@@ -216,10 +217,22 @@ class Trainer:
         mixed = MixedDataset(self.sources)
         sampler = MixedBatchSampler(mixed.source_sizes, self.config.data.mix, self.config.optim.batch_size,
                                     num_batches=self.config.optim.steps - self.step, seed=self.config.seed,
-                                    rank=distributed.rank(), world_size=distributed.world_size())
+                                    rank=distributed.rank(), world_size=distributed.world_size(),
+                                    repeat_factors=self.repeat_factors())
         sampler.set_epoch(self.step)  # a resumed run draws a fresh stream rather than replaying
         return torch.utils.data.DataLoader(mixed, batch_sampler=sampler, collate_fn=self.collate,
                                            num_workers=self.config.data.workers)
+
+    def repeat_factors(self) -> dict[str, np.ndarray]:
+        """Per-image repeat factors of every source that lists its images' categories (empty when off)."""
+        threshold = self.config.data.repeat_factor_threshold
+        factors = {}
+        for name, dataset in self.sources.items() if threshold > 0 else ():
+            if callable(getattr(dataset, "image_category_ids", None)):
+                factors[name] = image_repeat_factors(dataset.image_category_ids(), len(dataset.categories), threshold)
+                logger.info("source %s: repeat factors up to %.2f, %.0f draws per pass of %d images", name,
+                            factors[name].max(), factors[name].sum(), len(factors[name]))
+        return factors
 
     def fit(self) -> dict[str, Any]:
         self.try_resume()

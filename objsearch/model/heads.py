@@ -100,13 +100,17 @@ class CaptionHead(nn.Module):
         causal = torch.triu(torch.ones(length, length, dtype=torch.bool, device=tokens.device), diagonal=1)
         return self.norm(self.decoder(x, memory, tgt_mask=causal))
 
+    def vocabulary_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(..., D) decoder states -> (..., V) logits (the tied token embeddings; the head's largest product)."""
+        return hidden @ self.token_embedding.weight.T
+
     def forward(self, object_embeddings: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """(N, E) embeddings + (N, T) input token ids -> (N, T, V) next-token logits (causal)."""
-        return self.hidden(object_embeddings, tokens) @ self.token_embedding.weight.T
+        return self.vocabulary_logits(self.hidden(object_embeddings, tokens))
 
     def next_token_logits(self, object_embeddings: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """(N, V) logits of the token after ``tokens``: only the last position meets the vocabulary."""
-        return self.hidden(object_embeddings, tokens)[:, -1] @ self.token_embedding.weight.T
+        return self.vocabulary_logits(self.hidden(object_embeddings, tokens)[:, -1])
 
     @torch.no_grad()
     def generate(self, object_embeddings: torch.Tensor, start_id: int, end_id: int,

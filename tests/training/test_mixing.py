@@ -10,6 +10,7 @@ import torch
 from scipy.stats import chisquare
 
 from training.data.mixing import MixedBatchSampler, MixedDataset
+from training.data.repeat_factors import category_repeat_factors, image_repeat_factors
 
 SIZES = {"coco": 500, "cc3m": 2000, "tiny": 7}
 MIX = {"coco": 7.0, "cc3m": 2.0, "tiny": 1.0}  # not normalised on purpose
@@ -146,3 +147,58 @@ def test_works_as_a_dataloader_batch_sampler():
         assert batch["value"].tolist() == [i for _, i in keys]
     with pytest.raises(KeyError, match="unknown source 'lvis'"):
         dataset[("lvis", 0)]
+
+
+def test_repeat_factors_follow_the_lvis_rule():
+    # 100 images: category 0 in all, category 1 in one image (f = 0.01), category 2 in 25 (f = 0.25).
+    images = [np.array([0]) for _ in range(100)]
+    images[0] = np.array([0, 1, 1])  # a repeated category counts once for its image
+    for i in range(1, 26):
+        images[i] = np.array([0, 2])
+    images[99] = np.array([], np.int64)  # no objects
+    per_category = category_repeat_factors(images[:99] + [np.array([0])], 3, threshold=0.04)
+    np.testing.assert_allclose(per_category, [1.0, 2.0, 1.0])  # sqrt(0.04 / 0.01) = 2; f >= t gives 1
+    per_image = image_repeat_factors(images, 3, threshold=0.04)
+    assert per_image[0] == pytest.approx(2.0)  # the image's rarest category decides
+    assert per_image[1] == per_image[99] == 1.0
+    assert image_repeat_factors(images, 3, threshold=0.25)[1] == pytest.approx(1.0)
+    assert image_repeat_factors(images, 3, threshold=1.0)[1] == pytest.approx(2.0)  # sqrt(1 / 0.25)
+    with pytest.raises(ValueError, match="threshold"):
+        image_repeat_factors(images, 3, threshold=0.0)
+
+
+def test_repeat_factor_sampling_draws_images_in_proportion_to_their_factors():
+    factors = np.ones(60)
+    factors[:10], factors[10:20] = 3.0, 1.5
+    sampler = MixedBatchSampler({"coco": 60, "tiny": 7}, {"coco": 9.0, "tiny": 1.0}, batch_size=16, num_batches=50,
+                                seed=2, repeat_factors={"coco": factors})
+    drawn = stream(sampler, "coco", range(12))
+    counts = np.bincount(drawn, minlength=60)
+    per_draw = len(drawn) / factors.sum()
+    assert counts[:10].mean() / per_draw == pytest.approx(3.0, rel=0.1)
+    assert counts[10:20].mean() / per_draw == pytest.approx(1.5, rel=0.1)
+    assert counts[20:].mean() / per_draw == pytest.approx(1.0, rel=0.1)
+    # Within one cycle (length round(sum r) = 85) every image is drawn at least floor(r) times.
+    first_cycle = np.bincount(drawn[:85], minlength=60)
+    assert (first_cycle >= np.floor(factors)).all()
+    # The other source is untouched: still every item once per cycle.
+    tiny = stream(sampler, "tiny", range(2))
+    assert sorted(tiny[:7]) == list(range(7))
+    # Deterministic, and each DDP rank gets its own shard of the expanded cycle.
+    again = MixedBatchSampler({"coco": 60, "tiny": 7}, {"coco": 9.0, "tiny": 1.0}, batch_size=16, num_batches=50,
+                              seed=2, repeat_factors={"coco": factors})
+    assert epoch_batches(again, 3) == epoch_batches(sampler, 3)
+    ranks = [MixedBatchSampler({"coco": 60}, {"coco": 1.0}, batch_size=5, num_batches=10, rank=r, world_size=2,
+                               repeat_factors={"coco": factors}) for r in range(2)]
+    halves = [stream(r, "coco", range(1))[:43] for r in ranks]  # ceil(85 / 2) per rank
+    assert set(halves[0]) | set(halves[1]) == set(range(60))
+    assert halves[0] != halves[1]
+
+
+def test_bad_repeat_factors_are_rejected_with_a_clear_message():
+    with pytest.raises(ValueError, match="not a source"):
+        MixedBatchSampler(SIZES, MIX, batch_size=4, num_batches=2, repeat_factors={"lvis": np.ones(3)})
+    with pytest.raises(ValueError, match="500 finite numbers >= 1"):
+        MixedBatchSampler(SIZES, MIX, batch_size=4, num_batches=2, repeat_factors={"coco": np.ones(499)})
+    with pytest.raises(ValueError, match=">= 1"):
+        MixedBatchSampler(SIZES, MIX, batch_size=4, num_batches=2, repeat_factors={"coco": np.full(500, 0.5)})

@@ -139,6 +139,22 @@ def test_criterion_returns_every_term_unweighted_and_finite(model):
     assert 0 < terms["giou"].item() < layers * 0.1
 
 
+def test_caption_loss_is_the_token_cross_entropy_of_the_full_logits(model):
+    # Phrases of different lengths, so the shorter ones are padded (padding is scored nowhere).
+    targets = [make_target(random_boxes(2, 32), ["a small red star", "the large light blue ring on the left"],
+                           SYNTHETIC_TASKS)]
+    outputs = fake_outputs(model, targets)
+    criterion = criterion_for(model, tasks=("detection", "caption"))
+    objects = criterion.matched_objects(outputs, targets, [(torch.arange(2), torch.arange(2))], no_denoising(targets))
+    tokenizer = model.text.tokenizer
+    ids = tokenizer(targets[0].phrases, padding=True, return_tensors="pt")["input_ids"]
+    gold = ids[:, 1:].masked_fill(ids[:, 1:] == tokenizer.pad_token_id, -100)
+    assert (gold == -100).any()
+    full = model.caption_head(objects.embeddings, ids[:, :-1])  # (N, T, V)
+    expected = F.cross_entropy(full.flatten(0, 1), gold.flatten(), ignore_index=-100)
+    assert criterion.caption_term(objects, targets).item() == pytest.approx(expected.item(), rel=1e-5)
+
+
 def test_a_grounding_only_sample_contributes_no_objectness(model):
     criterion = criterion_for(model)
     grounding = make_target(random_boxes(1, 40), ["the red star left of the blue ring"], ("grounding",))
@@ -348,6 +364,20 @@ def test_a_run_stops_when_its_time_budget_is_spent(tmp_path, caplog):
     # ... until the budget is raised: then it continues from where it stopped.
     assert main(tiny_run_arguments(tmp_path, steps=3) + ["--optim.max_minutes", "60"]) == 0
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["steps"] == 3
+
+
+def test_repeat_factor_sampling_reaches_the_sampler_for_sources_that_list_categories(tmp_path):
+    from training.engine import Trainer
+
+    arguments = tiny_run_arguments(tmp_path, steps=2)
+    plain = Trainer(load_config(None, arguments))
+    assert plain.repeat_factors() == {} and plain.loader().batch_sampler.repeat_factors == {}
+    trainer = Trainer(load_config(None, arguments + ["--data.repeat_factor_threshold", "0.9"]))
+    factors = trainer.loader().batch_sampler.repeat_factors
+    # The detection source lists its images' categories; the referring-expression source does not.
+    assert set(factors) == {"synthetic"} and len(factors["synthetic"]) == 12
+    # With t = 0.9 every category seen in fewer than 90% of the 12 images is repeated.
+    assert factors["synthetic"].max() > 1.0 and factors["synthetic"].min() >= 1.0
 
 
 def test_no_arguments_means_the_tiny_preset_with_its_time_budget():

@@ -278,6 +278,10 @@ class CocoDetection:
             counts += np.bincount(self._records[i]["category_ids"], minlength=len(counts))
         return counts
 
+    def image_category_ids(self) -> list[np.ndarray]:
+        """Per image, the (K,) int64 category indices of its kept objects (for repeat-factor sampling)."""
+        return [self._records[i]["category_ids"] for i in range(len(self._records))]
+
     def set_epoch(self, epoch: int) -> None:
         """Changes which caption ``caption_choice="random"`` draws; call at the start of each epoch."""
         self.epoch = epoch

@@ -22,6 +22,10 @@ How the stream is built (all of it a pure function of ``(seed, rank, world_size,
   wrapping to a multiple of ``world_size`` and rank ``r`` takes positions ``r, r + world_size, ...``,
   so within a cycle the ranks' indices are **disjoint**. Every index of a rank's shard is visited once
   before any repeats; a small source simply cycles (a new permutation each cycle).
+* **Repeat factors** (optional, per source): cycle ``c`` then holds image ``i`` floor(r_i) times plus
+  once more with probability frac(r_i), drawn from the cycle's generator (detectron2's
+  ``RepeatFactorTrainingSampler`` does the same per epoch). The cycle is wrapped or cut to the fixed
+  length round(sum r), so stream positions stay O(1) to compute. See ``repeat_factors.py``.
 * **Epochs continue the streams.** Epoch ``e`` starts each source where epoch ``e - 1`` stopped (the
   offset is the sum of the earlier epochs' counts), so a large source is not re-sampled from the start
   each epoch. ``set_epoch`` may jump to any epoch (resume); the result is the same as getting there
@@ -97,6 +101,7 @@ class MixedBatchSampler:
     num_batches:  batches per epoch on this rank (the same on every rank).
     seed:         base seed; the stream is a pure function of ``(seed, rank, world_size, epoch)``.
     rank, world_size: this process's DDP rank and the number of ranks.
+    repeat_factors: ``{source: (size,) factors >= 1}`` for sources sampled by repeat factor (others uniformly).
     """
 
     def __init__(
@@ -108,6 +113,7 @@ class MixedBatchSampler:
         seed: int = 0,
         rank: int = 0,
         world_size: int = 1,
+        repeat_factors: Mapping[str, np.ndarray] | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -127,8 +133,11 @@ class MixedBatchSampler:
         self.world_size = int(world_size)
         self.epoch = 0
         self._probs = np.array([self.proportions[s] for s in self.sources])
+        self.repeat_factors = _check_repeat_factors(repeat_factors or {}, self.source_sizes)
+        cycle_lengths = {s: round(float(self.repeat_factors[s].sum())) if s in self.repeat_factors else n
+                         for s, n in self.source_sizes.items()}
         # Per source: this rank's cycle length (its shard of the padded permutation).
-        self._shard_sizes = {s: math.ceil(n / self.world_size) for s, n in self.source_sizes.items()}
+        self._shard_sizes = {s: math.ceil(n / self.world_size) for s, n in cycle_lengths.items()}
         self._offset_cache: tuple[int, np.ndarray] = (0, np.zeros(len(self.sources), np.int64))
         log.debug(
             "data mix %s, batch %d x %d batches, rank %d/%d",
@@ -166,7 +175,13 @@ class MixedBatchSampler:
     def _shard(self, source: str, cycle: int) -> np.ndarray:
         """This rank's share of the ``cycle``-th permutation of ``source`` (disjoint across ranks)."""
         size = self.source_sizes[source]
-        perm = _rng(self.seed, _TAG_PERMUTATION, _source_key(source), cycle).permutation(size)
+        rng = _rng(self.seed, _TAG_PERMUTATION, _source_key(source), cycle)
+        factors = self.repeat_factors.get(source)
+        if factors is None:
+            perm = rng.permutation(size)
+        else:
+            copies = np.floor(factors).astype(np.int64) + (rng.random(size) < factors % 1)
+            perm = rng.permutation(np.repeat(np.arange(size), copies))
         padded = np.resize(perm, self._shard_sizes[source] * self.world_size)  # wraps, like DistributedSampler
         return padded[self.rank :: self.world_size]
 
@@ -192,6 +207,18 @@ class MixedBatchSampler:
         for b in range(self.num_batches):
             batch = slice(b * self.batch_size, (b + 1) * self.batch_size)
             yield [(self.sources[k], i) for k, i in zip(order[batch].tolist(), picks[batch].tolist())]
+
+
+def _check_repeat_factors(factors: Mapping[str, np.ndarray], sizes: Mapping[str, int]) -> dict[str, np.ndarray]:
+    checked = {}
+    for name, values in factors.items():
+        if name not in sizes:
+            raise ValueError(f"repeat factors given for {name!r}, which is not a source of the mix {sorted(sizes)}")
+        values = np.asarray(values, np.float64)
+        if values.shape != (sizes[name],) or not (np.isfinite(values).all() and (values >= 1).all()):
+            raise ValueError(f"repeat factors of {name!r} must be {sizes[name]} finite numbers >= 1")
+        checked[name] = values
+    return checked
 
 
 class MixedDataset(torch.utils.data.Dataset):
