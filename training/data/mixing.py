@@ -25,7 +25,8 @@ How the stream is built (all of it a pure function of ``(seed, rank, world_size,
 * **Repeat factors** (optional, per source): cycle ``c`` then holds image ``i`` floor(r_i) times plus
   once more with probability frac(r_i), drawn from the cycle's generator (detectron2's
   ``RepeatFactorTrainingSampler`` does the same per epoch). The cycle is wrapped or cut to the fixed
-  length round(sum r), so stream positions stay O(1) to compute. See ``repeat_factors.py``.
+  length round(sum r), so stream positions stay O(1) to compute. Positions are still split disjointly
+  across ranks, but an image's copies may land on different ranks. See ``repeat_factors.py``.
 * **Epochs continue the streams.** Epoch ``e`` starts each source where epoch ``e - 1`` stopped (the
   offset is the sum of the earlier epochs' counts), so a large source is not re-sampled from the start
   each epoch. ``set_epoch`` may jump to any epoch (resume); the result is the same as getting there
