@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
+from scipy.special import softmax
 
 from objsearch import metrics
 
@@ -92,14 +93,14 @@ def evaluate_embedder(embedder, split: CocoSplit, *, max_images: int | None = No
                                           "stored_objects": len(stored.image_ids)}}
     gt_subset = {**split.gt, "images": images, "annotations": annotations}
     category_ids = sorted(cat_index)
-    labelled = []
-    for det in detections:
-        label = int(np.argmax(det["embedding"] @ label_embeddings.T))
-        labelled.append({**det, "category_id": category_ids[label]})
+    cosines = np.array([det["embedding"] for det in detections]).reshape(-1, label_embeddings.shape[1]) \
+        @ label_embeddings.T  # (detections, categories)
+    labelled = [{**det, "category_id": category_ids[int(label)]}
+                for det, label in zip(detections, cosines.argmax(axis=1))]
     results["detection"] = metrics.coco_detection_ap(gt_subset, labelled, iou_type="bbox")
     scale = getattr(embedder, "label_logit_scale", None)
     if scale is not None:
-        ranked = _ranked_labels(detections, label_embeddings, category_ids, float(scale))
+        ranked = _ranked_labels(detections, cosines, category_ids, float(scale))
         results["detection_ranked_labels"] = metrics.coco_detection_ap(gt_subset, ranked, iou_type="bbox")
     results["detection_class_agnostic"] = _class_agnostic_ap(gt_subset, detections)
     if labelled and all(d.get("segmentation") for d in labelled):
@@ -157,15 +158,12 @@ def _detect(embedder, split: CocoSplit, images: list[dict], batch_size: int) -> 
     return detections, stored
 
 
-def _ranked_labels(detections: list[dict], label_embeddings: np.ndarray, category_ids: list[int],
+def _ranked_labels(detections: list[dict], cosines: np.ndarray, category_ids: list[int],
                    logit_scale: float) -> list[dict]:
     """Each detection as up to LABELS_PER_BOX (box, category) detections, scored score x p(category),
-    p = softmax(logit_scale x cosine) over the categories."""
+    p = softmax(logit_scale x cosine) over the categories; ``cosines`` is (detections, categories)."""
     ranked = []
-    for det in detections:
-        logits = logit_scale * (label_embeddings @ det["embedding"])
-        probs = np.exp(logits - logits.max())
-        probs /= probs.sum()
+    for det, probs in zip(detections, softmax(logit_scale * cosines, axis=1)):
         for label in np.argsort(-probs)[:LABELS_PER_BOX]:
             ranked.append({"image_id": det["image_id"], "bbox_xyxy": det["bbox_xyxy"],
                            "score": det["score"] * float(probs[label]), "category_id": category_ids[label]})

@@ -14,7 +14,7 @@ def test_each_box_gets_its_likeliest_categories_scored_by_softmax_probability():
     embedding = np.zeros(8, np.float32)
     embedding[:2] = [0.8, 0.6]
     det = {"image_id": 1, "bbox_xyxy": [0, 0, 10, 10], "score": 0.9, "embedding": embedding}
-    ranked = _ranked_labels([det], labels, [11, 12, 13, 14], logit_scale=10.0)
+    ranked = _ranked_labels([det], det["embedding"][None] @ labels.T, [11, 12, 13, 14], logit_scale=10.0)
     probs = np.exp([8.0, 6.0, 0.0, 0.0])
     probs /= probs.sum()
     assert len(ranked) == LABELS_PER_BOX == 3
@@ -31,5 +31,5 @@ def test_a_box_whose_second_guess_is_right_scores_under_ranked_labels_only():
     embedding = np.array([0.75, 0.66, 0, 0], np.float32)  # a hexagon that looks a little more like a circle
     det = {"image_id": 1, "bbox_xyxy": [10, 10, 40, 40], "score": 0.8, "embedding": embedding}
     top1 = metrics.coco_detection_ap(gt, [{**det, "category_id": 11}], iou_type="bbox")
-    ranked = metrics.coco_detection_ap(gt, _ranked_labels([det], labels, [11, 12], logit_scale=20.0), iou_type="bbox")
+    ranked = metrics.coco_detection_ap(gt, _ranked_labels([det], det["embedding"][None] @ labels.T, [11, 12], logit_scale=20.0), iou_type="bbox")
     assert top1["AP50"] == 0.0 and ranked["AP50"] == pytest.approx(1.0)

@@ -273,10 +273,8 @@ class CocoDetection:
 
     def category_instance_counts(self) -> np.ndarray:
         """(C,) int64 kept instances per category (for OHEM's tail weights); no image is decoded."""
-        counts = np.zeros(len(self.categories), np.int64)
-        for i in range(len(self._records)):
-            counts += np.bincount(self._records[i]["category_ids"], minlength=len(counts))
-        return counts
+        ids = self.image_category_ids()
+        return np.bincount(np.concatenate(ids) if ids else np.zeros(0, np.int64), minlength=len(self.categories))
 
     def image_category_ids(self) -> list[np.ndarray]:
         """Per image, the (K,) int64 category indices of its kept objects (for repeat-factor sampling)."""
