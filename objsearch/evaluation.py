@@ -8,6 +8,8 @@ What is measured (each a section of the returned dict):
   each box enters with its LABELS_PER_BOX most likely categories, each scored detection score x
   softmax probability of the category (the embedder's ``label_logit_scale`` times cosine); only for
   embedders that have such a scale;
+- best_f1_score_threshold: the detection score above which the detections find the objects best
+  (class-agnostic F1 at IoU 0.5; see ``metrics.best_f1_score_threshold``), for choosing what to store;
 - text_to_object: one query per category name, per "colour category" pair when annotations carry a
   "colour" key, and per referring expression when refs are given; a hit is a stored object with
   IoU >= 0.5 to a relevant ground-truth object;
@@ -103,6 +105,10 @@ def evaluate_embedder(embedder, split: CocoSplit, *, max_images: int | None = No
         ranked = _ranked_labels(detections, cosines, category_ids, float(scale))
         results["detection_ranked_labels"] = metrics.coco_detection_ap(gt_subset, ranked, iou_type="bbox")
     results["detection_class_agnostic"] = _class_agnostic_ap(gt_subset, detections)
+    results["best_f1_score_threshold"] = metrics.best_f1_score_threshold(
+        np.array([d["image_id"] for d in detections]), np.array([d["bbox_xyxy"] for d in detections]),
+        np.array([d["score"] for d in detections]), np.array([a["image_id"] for a in annotations]),
+        np.array([_xyxy(a["bbox"]) for a in annotations]))
     if labelled and all(d.get("segmentation") for d in labelled):
         results["mask"] = metrics.coco_detection_ap(gt_subset, labelled, iou_type="segm")
 

@@ -5,7 +5,8 @@ Used by the benchmark suite (``objsearch bench coco-search``) and by training ev
 - Retrieval / grounding: :func:`iou_hits` turns one query's ranked results into a boolean hit vector;
   :func:`recall_at_k`, :func:`average_precision_at_k`, :func:`mean_average_precision` and
   :func:`precision_recall_curve` score hit vectors.
-- Detection: :func:`coco_detection_ap` (pycocotools COCOeval, plus LVIS-style APr/APc/APf).
+- Detection: :func:`coco_detection_ap` (pycocotools COCOeval, plus LVIS-style APr/APc/APf);
+  :func:`best_f1_score_threshold` (the score threshold at which stored detections find objects best).
 - Classification / embeddings: :func:`accuracy`, :func:`top_k_accuracy`, :func:`knn_purity`.
 - Captioning: :func:`cider_d` (CIDEr-D exactly as pycocoevalcap computes it) and :func:`tokenize_caption`.
 
@@ -240,6 +241,51 @@ def coco_detection_ap(
             values = precision[:, :, members]
             out[key] = float(values[values > -1].mean()) if (values > -1).any() else -1.0
     return out
+
+
+def best_f1_score_threshold(
+    det_image_ids: np.ndarray,
+    det_boxes_xyxy: np.ndarray,
+    det_scores: np.ndarray,
+    gt_image_ids: np.ndarray,
+    gt_boxes_xyxy: np.ndarray,
+    iou_threshold: float = 0.5,
+) -> dict[str, float] | None:
+    """The detection-score threshold whose kept detections find the objects best: highest F1, class-agnostic.
+
+    ``det_*`` are (D,) image ids, (D, 4) pixel boxes and (D,) scores; ``gt_*`` (G,) and (G, 4). Within
+    each image, detections claim ground-truth boxes in descending score order as in :func:`iou_hits`
+    (and COCOeval), so keeping the detections scoring >= t keeps exactly the matches of that prefix.
+    Precision and recall at t count those matches over the kept detections and over G. Returns
+    ``{"threshold", "precision", "recall", "f1"}`` at the best t (one of the detection scores), or None
+    when no threshold finds any object (no detections, no ground truth, or no match at all).
+    """
+    det_image_ids = np.asarray(det_image_ids).reshape(-1)
+    det_boxes = np.asarray(det_boxes_xyxy, dtype=np.float64).reshape(-1, 4)
+    det_scores = np.asarray(det_scores, dtype=np.float64).reshape(-1)
+    gt_image_ids = np.asarray(gt_image_ids).reshape(-1)
+    gt_boxes = np.asarray(gt_boxes_xyxy, dtype=np.float64).reshape(-1, 4)
+    if not (len(det_image_ids) == len(det_boxes) == len(det_scores)) or len(gt_image_ids) != len(gt_boxes):
+        raise ValueError("detection ids, boxes and scores (and ground-truth ids and boxes) must have equal lengths")
+    if len(det_scores) == 0 or len(gt_boxes) == 0:
+        return None
+    order = np.argsort(-det_scores, kind="stable")
+    matched = np.zeros(len(det_scores), dtype=bool)
+    for image in np.unique(det_image_ids):
+        rows = order[det_image_ids[order] == image]  # this image's detections, best first
+        in_image = gt_image_ids == image
+        matched[rows] = iou_hits(det_image_ids[rows], det_boxes[rows], gt_image_ids[in_image], gt_boxes[in_image],
+                                 iou_threshold)
+    found = np.cumsum(matched[order])
+    precision = found / np.arange(1, len(order) + 1)
+    recall = found / len(gt_boxes)
+    with np.errstate(invalid="ignore"):
+        f1 = np.where(found > 0, 2 * precision * recall / (precision + recall), 0.0)
+    best = int(np.argmax(f1))
+    if f1[best] == 0:
+        return None
+    return {"threshold": float(det_scores[order[best]]), "precision": float(precision[best]),
+            "recall": float(recall[best]), "f1": float(f1[best])}
 
 
 # ----------------------------------------------------------------------------------------------

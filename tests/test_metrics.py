@@ -443,3 +443,59 @@ def test_tokenizer_matches_ptb_tokenizer():
         expected = PTBTokenizer().tokenize({i: [{"caption": s}] for i, s in enumerate(sentences)})
     for i, sentence in enumerate(sentences):
         assert metrics.tokenize_caption(sentence) == expected[i][0], sentence
+
+
+# ---------------------------------------------------------------------------------------- store threshold
+
+
+def test_best_f1_score_threshold_small_case():
+    gt_ids, gt_boxes = np.array([1, 1, 2]), np.array([[0, 0, 10, 10], [20, 20, 30, 30], [0, 0, 10, 10]])
+    # In score order: hit A, a duplicate of A (a miss: A is claimed), hit C, hit B, junk.
+    det_ids = np.array([1, 1, 2, 1, 2])
+    det_boxes = np.array([[0, 0, 10, 10], [1, 0, 10, 10], [0, 0, 10, 9], [20, 20, 30, 30], [50, 50, 60, 60]])
+    det_scores = np.array([0.9, 0.8, 0.7, 0.6, 0.5])
+    shuffled = np.array([3, 0, 4, 2, 1])  # the input order must not matter
+    best = metrics.best_f1_score_threshold(det_ids[shuffled], det_boxes[shuffled], det_scores[shuffled], gt_ids, gt_boxes)
+    # F1 over the prefixes: 0.5, 0.4, 0.667, 0.857 (precision 3/4, recall 1), 0.75.
+    assert best == pytest.approx({"threshold": 0.6, "precision": 0.75, "recall": 1.0, "f1": 6 / 7})
+
+
+def _random_boxes(rng, count: int) -> np.ndarray:
+    xy = rng.uniform(0, 60, (count, 2))
+    return np.hstack([xy, xy + rng.uniform(5, 30, (count, 2))])
+
+
+def test_best_f1_score_threshold_matches_trying_every_threshold():
+    rng = np.random.default_rng(3)
+    gt_ids = rng.integers(0, 6, 25)
+    gt_boxes = _random_boxes(rng, 25)
+    det_ids = rng.integers(0, 6, 60)
+    det_boxes = _random_boxes(rng, 60)
+    near_gt = rng.integers(0, 25, 30)  # half the detections are jittered ground truth, so many hit
+    det_ids[:30], det_boxes[:30] = gt_ids[near_gt], gt_boxes[near_gt] + rng.normal(0, 2, (30, 4))
+    det_scores = rng.random(60)
+    best_f1, best_threshold = 0.0, None
+    for threshold in det_scores:
+        kept = det_scores >= threshold
+        found = 0
+        for image in np.unique(det_ids[kept]):
+            rows = np.flatnonzero(kept & (det_ids == image))
+            rows = rows[np.argsort(-det_scores[rows])]
+            found += metrics.iou_hits(det_ids[rows], det_boxes[rows], gt_ids[gt_ids == image],
+                                      gt_boxes[gt_ids == image]).sum()
+        precision, recall = found / kept.sum(), found / len(gt_ids)
+        f1 = 2 * precision * recall / (precision + recall) if found else 0.0
+        if f1 > best_f1:
+            best_f1, best_threshold = f1, threshold
+    best = metrics.best_f1_score_threshold(det_ids, det_boxes, det_scores, gt_ids, gt_boxes)
+    assert best["f1"] == pytest.approx(best_f1) and best["threshold"] == best_threshold
+
+
+def test_best_f1_score_threshold_is_none_when_nothing_can_be_found():
+    box = np.array([[0, 0, 10, 10]])
+    assert metrics.best_f1_score_threshold(np.zeros(0), np.zeros((0, 4)), np.zeros(0), np.array([1]), box) is None
+    assert metrics.best_f1_score_threshold(np.array([1]), box, np.array([0.9]), np.zeros(0), np.zeros((0, 4))) is None
+    assert metrics.best_f1_score_threshold(np.array([2]), box, np.array([0.9]), np.array([1]), box) is None, \
+        "a detection in another image finds nothing"
+    with pytest.raises(ValueError, match="equal lengths"):
+        metrics.best_f1_score_threshold(np.array([1, 2]), box, np.array([0.9]), np.array([1]), box)

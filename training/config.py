@@ -49,6 +49,10 @@ class GradNormConfig:
     min_weight: float = 0.5  # weights stay within [min_weight, max_weight]; they sum to the number of tasks
     max_weight: float = 2.0
     every: int = 1  # update the weights every N steps (each update costs one backward per task)
+    #: First step GradNorm updates at; its L(0) are the losses of that step and the weights stay at 1
+    #: before it. The very first losses reflect the initialisation (objectness falls 5x in 20 steps),
+    #: and a task measured from them looks fast-learning and is held at min_weight.
+    start_step: int = 0
 
 
 @dataclass
@@ -94,6 +98,9 @@ class TrainConfig:
     box_noise: float = 0.4  # DN-DETR box noise scale (fraction of width/height)
     ohem_keep: float = 0.7  # OHEM: fraction of hardest objects kept in the class losses
     ohem_tail_power: float = 0.5  # up-weighting of rare categories
+    #: Alignment loss: each object is also contrasted with the last N distinct phrases of its source
+    #: from earlier batches (cross-batch negatives; 0: in-batch negatives only). See training.phrase_bank.
+    phrase_bank: int = 0
     output_dir: str = "runs/tiny"
     seed: int = 0
     device: str = ""  # "" = cuda when present, else cpu
@@ -176,4 +183,10 @@ def load_config(preset_file: str | Path | None = None, overrides: Sequence[str] 
     unknown_tasks = set(config.tasks) - set(TASK_TERMS)
     if unknown_tasks:
         raise ValueError(f"unknown tasks {sorted(unknown_tasks)}; known: {', '.join(TASK_TERMS)}")
+    for key, value, least in (("gradnorm.every", config.gradnorm.every, 1),
+                              ("gradnorm.start_step", config.gradnorm.start_step, 0),
+                              ("phrase_bank", config.phrase_bank, 0),
+                              ("data.repeat_factor_threshold", config.data.repeat_factor_threshold, 0)):
+        if value < least:
+            raise ValueError(f"{key} must be >= {least}, got {value}")
     return config

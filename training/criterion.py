@@ -19,6 +19,7 @@ from training.config import TASK_TERMS, LossWeights
 from training.data.collate import Target
 from training.matcher import HungarianMatcher
 from training.ohem import ohem_weights
+from training.phrase_bank import PhraseBank
 
 
 @dataclass
@@ -38,13 +39,14 @@ class MatchedObjects:
 class SetCriterion:
     def __init__(self, model, matcher: HungarianMatcher, tasks: list[str],
                  category_weights: torch.Tensor | None = None, ohem_keep: float = 0.7,
-                 proposals_per_object: int = 4) -> None:
+                 proposals_per_object: int = 4, phrase_bank: PhraseBank | None = None) -> None:
         self.model = model
         self.matcher = matcher
         self.tasks = set(tasks)
         self.category_weights = category_weights
         self.ohem_keep = ohem_keep
         self.proposals_per_object = proposals_per_object
+        self.phrase_bank = phrase_bank  # cross-batch text negatives for the alignment loss (None: in-batch only)
 
     # ---- detection ----------------------------------------------------------------------------
     def detection_terms(self, outputs: dict, targets: list[Target], dn_pairs: list[tuple]) -> tuple[dict, list]:
@@ -135,26 +137,49 @@ class SetCriterion:
     def align_term(self, objects: MatchedObjects, targets: list[Target]) -> torch.Tensor | None:
         """Symmetric InfoNCE between object embeddings and their phrases. Negatives are every other
         phrase of the batch (in-batch, from other images too; gathered from all ranks under DDP).
-        Identical phrases are merged into one column, so two "red star"s are never each other's negatives."""
+        Identical phrases are merged into one column, so two "red star"s are never each other's negatives.
+        With a phrase bank, each object is also scored against the recent phrases of its own source
+        (object-to-text only): cross-batch negatives the batch is too small to hold."""
         keep = [i for i in range(len(objects.image_index))
                 if targets[objects.image_index[i]].phrases]
         if not keep and not distributed.is_distributed():
             return None
         keep_t = torch.as_tensor(keep, dtype=torch.long)
         phrases = [targets[objects.image_index[i]].phrases[objects.object_index[i]] for i in keep]
+        sources = [targets[objects.image_index[i]].source for i in keep]
         # Collective calls: every rank joins them, even one with no phrases this step.
         embeddings = distributed.gather_with_grad(objects.embeddings[keep_t])
         phrases = distributed.gather_strings(phrases)
+        sources = distributed.gather_strings(sources)
         if not phrases:
             return None
         vocabulary = list(dict.fromkeys(phrases))
         column = torch.as_tensor([vocabulary.index(p) for p in phrases], device=embeddings.device)
-        logits = self.model.similarity(embeddings, self.model.encode_text(vocabulary))  # (N, P)
+        bank, bank_sources = self._bank_negatives(phrases, sources, set(vocabulary))
+        logits = self.model.similarity(embeddings, self.model.encode_text(vocabulary + bank))  # (N, P + M)
+        if bank:  # an object meets only its own source's remembered phrases
+            foreign = torch.as_tensor([[s != b for b in bank_sources] for s in sources], device=logits.device)
+            logits = torch.cat([logits[:, :len(vocabulary)], logits[:, len(vocabulary):].masked_fill(foreign, -1e4)], 1)
         object_to_text = F.cross_entropy(logits, column)
+        logits = logits[:, :len(vocabulary)]
         positives = column[:, None] == torch.arange(len(vocabulary), device=column.device)[None, :]  # (N, P)
         log_prob = logits.T.log_softmax(dim=1)  # over objects, per phrase
         text_to_object = -(torch.logsumexp(log_prob.masked_fill(~positives.T, -1e4), dim=1)).mean()
         return (object_to_text + text_to_object) / 2
+
+    def _bank_negatives(self, phrases: list[str], sources: list[str], batch_phrases: set[str]) -> tuple[list, list]:
+        """The bank's phrases (and their sources) for the sources of this step, then this step's
+        phrases remembered. Every rank sees the same gathered phrases, so the banks agree."""
+        if self.phrase_bank is None:
+            return [], []
+        bank, bank_sources = [], []
+        for source in dict.fromkeys(sources):
+            negatives = self.phrase_bank.negatives(source, batch_phrases)
+            bank += negatives
+            bank_sources += [source] * len(negatives)
+        for source in dict.fromkeys(sources):
+            self.phrase_bank.add(source, [p for p, s in zip(phrases, sources) if s == source])
+        return bank, bank_sources
 
     def class_terms(self, outputs: dict, objects: MatchedObjects, targets: list[Target]) -> dict:
         """zeroshot: objects vs their source's category-name embeddings; classify: the linear head.

@@ -34,6 +34,7 @@ from training.denoising import build_denoising_queries
 from training.gradnorm import GradNorm
 from training.matcher import HungarianMatcher
 from training.ohem import tail_category_weights
+from training.phrase_bank import PhraseBank
 
 logger = logging.getLogger(__name__)
 
@@ -117,7 +118,8 @@ class Trainer:
         self.model = ObjEmbed(model_config).to(self.device)
         self.criterion = SetCriterion(
             self.model, HungarianMatcher(config.loss.objectness, config.loss.box_l1, config.loss.giou),
-            config.tasks, _tail_weights(primary, config.ohem_tail_power), ohem_keep=config.ohem_keep)
+            config.tasks, _tail_weights(primary, config.ohem_tail_power), ohem_keep=config.ohem_keep,
+            phrase_bank=PhraseBank(config.phrase_bank) if config.phrase_bank else None)
         self.gradnorm = GradNorm(config.tasks, alpha=config.gradnorm.alpha, lr=config.gradnorm.lr,
                                  min_weight=config.gradnorm.min_weight,
                                  max_weight=config.gradnorm.max_weight).to(self.device)
@@ -129,6 +131,7 @@ class Trainer:
         self.train_seconds = 0.0
         self.spent = 0.0  # fraction of the time budget used (see budget_spent)
         self.images_seen = 0
+        self._last_val: tuple[int, dict] | None = None  # (step, results) of the latest val evaluation
         self.wrapped: torch.nn.Module = ModelWithLoss(self.model, self.criterion)
         if distributed.is_distributed():
             self.wrapped = torch.nn.parallel.DistributedDataParallel(
@@ -195,7 +198,8 @@ class Trainer:
         tasks = task_losses(terms, config.loss)
         diagnostics: dict[str, float] = {}
         # Every rank calls update (it all-reduces under DDP), even with fewer than two tasks present.
-        if config.gradnorm.enabled and self.step % config.gradnorm.every == 0:
+        if (config.gradnorm.enabled and self.step >= config.gradnorm.start_step
+                and (self.step - config.gradnorm.start_step) % config.gradnorm.every == 0):
             diagnostics = self.gradnorm.update(tasks, self.model.decoder.layers[-1].norm3.weight)
         total = self.gradnorm.weighted_total(tasks) if config.gradnorm.enabled else sum(tasks.values())
         if not torch.isfinite(total):
@@ -264,10 +268,13 @@ class Trainer:
                 break
         self.save_state()
         final = self.output / "final"
+        extra = {"steps": self.step, "train_seconds": round(self.train_seconds, 1), "images_seen": self.images_seen}
+        threshold = self.calibrated_score_threshold()
+        if threshold is not None:
+            extra["score_threshold"] = threshold
         if distributed.rank() == 0:
-            save_checkpoint(self.model, final, extra={"steps": self.step, "train_seconds": round(self.train_seconds, 1),
-                                                     "images_seen": self.images_seen})
-        result = self.record_evaluation("test")
+            save_checkpoint(self.model, final, extra=extra)
+        result = self.record_evaluation("test", score_threshold=threshold)
         summary = {"steps": self.step, "train_seconds": self.train_seconds, "images_seen": self.images_seen,
                    "images_per_second": self.images_seen / max(self.train_seconds, 1e-9),
                    "checkpoint": str(final), "test": result, "curve": self.history}
@@ -275,8 +282,22 @@ class Trainer:
             (self.output / "metrics.json").write_text(json.dumps(summary, indent=2, default=float))
         return summary
 
-    def record_evaluation(self, split: str) -> dict[str, Any]:
-        """Evaluate on a synthetic split (rank 0 only); val results go into the learning curve."""
+    def calibrated_score_threshold(self) -> float | None:
+        """The store threshold of best detection F1 on the val split at the current weights (rank 0;
+        None elsewhere, without a synthetic val split, or when nothing is found). The val evaluation
+        it comes from is the learning curve's last point, unless one was just made at this step."""
+        if self._last_val is None or self._last_val[0] != self.step:
+            self.record_evaluation("val")
+        best = self._last_val[1].get("best_f1_score_threshold") if self._last_val else None
+        if best is None:
+            return None
+        logger.info("store threshold %.3f: detection precision %.3f, recall %.3f on the val split",
+                    best["threshold"], best["precision"], best["recall"])
+        return round(best["threshold"], 4)
+
+    def record_evaluation(self, split: str, score_threshold: float | None = None) -> dict[str, Any]:
+        """Evaluate on a synthetic split (rank 0 only), storing objects that score >= ``score_threshold``
+        (None: the embedder's default) for the retrieval figures; val results go into the learning curve."""
         if distributed.rank() != 0 or SYNTHETIC not in self.config.data.mix:
             return {}
         from objsearch.embedders.objembed import ObjEmbedEmbedder
@@ -284,15 +305,19 @@ class Trainer:
 
         paths = synthetic_paths(Path(self.config.data.synthetic_dir), split)
         coco_split = CocoSplit(paths["image_dir"], paths["instances_json"], paths["refs_json"])
+        embedder = ObjEmbedEmbedder(self.model, version="training")
+        if score_threshold is not None:
+            embedder.score_threshold = score_threshold
         self.model.eval()
         try:
-            results = evaluate_embedder(ObjEmbedEmbedder(self.model, version="training"), coco_split)
+            results = evaluate_embedder(embedder, coco_split)
         finally:
             self.model.train()
         point = {"step": self.step, "minutes": round(self.train_seconds / 60, 2), **headline(results)}
         logger.info("%s evaluation: %s", split, point)
         if split == "val":
             self.history.append(point)
+            self._last_val = (self.step, results)
         return results
 
 
@@ -310,6 +335,7 @@ def headline(results: dict[str, Any]) -> dict[str, float]:
         "referring_R@1": t2o.get("referring", {}).get("R@1", float("nan")),
         "zero_shot_acc": results.get("zero_shot_accuracy", float("nan")),
         "caption_CIDEr": results.get("caption_cider", {}).get("CIDEr-D", float("nan")),
+        "best_f1_threshold": (results.get("best_f1_score_threshold") or {}).get("threshold", float("nan")),
     }
 
 

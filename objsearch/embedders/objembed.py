@@ -19,14 +19,18 @@ from objsearch.embedders.base import Detections, register_embedder
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_SCORE_THRESHOLD = 0.3  # objects scoring below this (objectness x predicted IoU) are not stored
+# Objects scoring below this (objectness x predicted IoU) are not stored, unless the checkpoint
+# carries its own threshold (training writes the one of best detection F1 on the val split).
+DEFAULT_SCORE_THRESHOLD = 0.3
+DEFAULT_NMS_IOU = 0.7  # of two detections overlapping more than this (IoU), the lower-scored is dropped
 
 
 class ObjEmbedEmbedder:
     name = "objembed"
 
     def __init__(self, model, *, version: str, score_threshold: float = DEFAULT_SCORE_THRESHOLD,
-                 max_objects: int = 50, with_captions: bool = True, with_masks: bool = True) -> None:
+                 max_objects: int = 50, with_captions: bool = True, with_masks: bool = True,
+                 nms_iou: float | None = DEFAULT_NMS_IOU) -> None:
         import torch
 
         self.torch = torch
@@ -35,6 +39,7 @@ class ObjEmbedEmbedder:
         self.embed_dim = int(model.config.embed_dim)
         self.score_threshold = score_threshold
         self.max_objects = max_objects
+        self.nms_iou = nms_iou  # class-agnostic duplicate suppression (None: keep every query)
         self.max_batch: int | None = None  # images per forward pass at most; set when CUDA runs out of memory
         self.with_captions = with_captions
         self.with_masks = with_masks
@@ -111,7 +116,7 @@ class ObjEmbedEmbedder:
             outputs = self.model(inputs)
             kept = postprocess(outputs, scales, [im.shape[:2] for im in images], self.score_threshold,
                                self.max_objects, with_masks=self.with_masks,
-                               input_size=self.model.config.image_size)
+                               input_size=self.model.config.image_size, nms_iou=self.nms_iou)
             detections = []
             for objects in kept:
                 embeddings = torch.from_numpy(objects.embeddings).to(self.device)
@@ -193,12 +198,17 @@ def build(path: str | Path | None = None, device: str | None = None, **options) 
     import torch
 
     from objsearch.errors import UnknownModel
-    from objsearch.model.checkpoint import load_checkpoint
+    from objsearch.model.checkpoint import load_checkpoint, read_training_info
 
     if path is None:
         raise UnknownModel("the objembed embedder needs a checkpoint directory: --model path/to/checkpoint")
     path = Path(path)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = load_checkpoint(path, device=device)
-    logger.info("ObjEmbed checkpoint %s loaded on %s", path, device)
+    calibrated = read_training_info(path).get("score_threshold")
+    if calibrated is not None and "score_threshold" not in options:
+        options["score_threshold"] = float(calibrated)
+    logger.info("ObjEmbed checkpoint %s loaded on %s; objects scoring >= %.3f are stored (%s)", path, device,
+                options.get("score_threshold", DEFAULT_SCORE_THRESHOLD),
+                "calibrated in training" if calibrated is not None else "default")
     return ObjEmbedEmbedder(model, version=checkpoint_version(path), **options)

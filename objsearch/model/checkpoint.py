@@ -55,6 +55,14 @@ def read_config(directory: str | Path) -> ObjEmbedConfig:
     return ObjEmbedConfig.from_dict(payload)
 
 
+def read_training_info(directory: str | Path) -> dict:
+    """The ``training`` section of a checkpoint's config.json (steps, time, the calibrated
+    ``score_threshold``, ...); empty for a checkpoint saved without one."""
+    payload = json.loads((Path(directory) / CONFIG_FILE).read_text())
+    info = payload.get("training")
+    return dict(info) if isinstance(info, dict) else {}
+
+
 def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu"):
     """Rebuild the model from ``config.json`` and load ``model.safetensors``; nothing is downloaded."""
     from safetensors.torch import load_file

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torchvision.ops import nms
 
 from objsearch.model.heads import cxcywh_to_xyxy
 
@@ -35,19 +36,25 @@ def object_scores(objectness_logits: torch.Tensor, quality_logits: torch.Tensor)
 
 def postprocess(outputs: dict, scales: list[float], original_sizes: list[tuple[int, int]],
                 score_threshold: float = 0.05, max_objects: int = 100, with_masks: bool = False,
-                input_size: int | None = None) -> list[ImageObjects]:
-    """Select and convert each image's queries.
+                input_size: int | None = None, nms_iou: float | None = None) -> list[ImageObjects]:
+    """Select and convert each image's queries: those scoring at least ``score_threshold``, then
+    class-agnostic NMS at ``nms_iou`` (None: off), then the ``max_objects`` best.
 
     outputs: the model's dict (last decoder layer used); scales: model-input pixels per original pixel;
     original_sizes: (height, width) per image; input_size: the square input side (needed for masks).
+    The one-to-one matching of training should leave one query per object, but a briefly trained
+    model still puts two queries on one object; NMS keeps the better-scored of such a pair.
     """
     boxes = outputs["boxes"][-1].float()  # (B, Q, 4) cxcywh in [0, 1]
     scores = object_scores(outputs["objectness"][-1].float(), outputs["quality"].float())
     side = boxes.new_tensor(float(input_size or 1))
     results = []
     for b, (scale, (height, width)) in enumerate(zip(scales, original_sizes)):
-        order = scores[b].argsort(descending=True)[:max_objects]
+        order = scores[b].argsort(descending=True)
         order = order[scores[b, order] >= score_threshold]
+        if nms_iou is not None and len(order) > 1:
+            order = order[nms(cxcywh_to_xyxy(boxes[b, order]), scores[b, order], nms_iou)]
+        order = order[:max_objects]
         xyxy = cxcywh_to_xyxy(boxes[b, order]) * side / scale
         xyxy[:, 0::2] = xyxy[:, 0::2].clamp(0, width)
         xyxy[:, 1::2] = xyxy[:, 1::2].clamp(0, height)

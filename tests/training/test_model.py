@@ -404,6 +404,24 @@ def test_letterbox_then_postprocess_maps_boxes_and_masks_back_to_the_original_im
     assert iou > 0.8, iou
 
 
+def test_postprocess_drops_the_lower_scored_of_two_overlapping_boxes_only_with_nms():
+    from objsearch.model.postprocess import postprocess
+
+    size = 100
+    boxes = [[10, 10, 50, 50], [12, 10, 50, 52], [60, 60, 90, 90], [30, 30, 70, 70]]  # pixels on the input
+    outputs = _fake_outputs([_cxcywh(b, size) for b in boxes])
+    outputs["objectness"] = torch.tensor([[[1.0, 3.0, 2.0, 0.5]]])  # query 1 outscores its duplicate, query 0
+    (everything,) = postprocess(outputs, [1.0], [(size, size)], score_threshold=0.0, input_size=size)
+    assert sorted(everything.query_index.tolist()) == [0, 1, 2, 3]
+    (deduplicated,) = postprocess(outputs, [1.0], [(size, size)], score_threshold=0.0, input_size=size, nms_iou=0.7)
+    # IoU(0, 1) = 0.86 > 0.7: query 0 goes. Query 3 overlaps query 1 by IoU 0.2 only: it stays.
+    assert deduplicated.query_index.tolist() == [1, 2, 3], "kept best first, the weaker duplicate dropped"
+    assert np.all(np.diff(deduplicated.scores) <= 0)
+    (capped,) = postprocess(outputs, [1.0], [(size, size)], score_threshold=0.0, input_size=size, nms_iou=0.7,
+                            max_objects=2)
+    assert capped.query_index.tolist() == [1, 2], "the cap applies after NMS, so duplicates do not use it up"
+
+
 # ---------------------------------------------------------------------------------------- the engine
 
 
@@ -453,6 +471,16 @@ def test_the_engine_indexes_and_queries_with_an_objembed_checkpoint(model, tmp_p
     assert "cannot be used with" in refused.output and "Traceback" not in refused.output
     again = runner.invoke(app, ["query", "red star", "--index", str(index), "--json", "-k", "5"])
     assert again.exit_code == 0 and json.loads(again.stdout) == hits, "the refused run changed the index"
+
+
+def test_a_checkpoint_carries_its_calibrated_store_threshold(model, tmp_path):
+    from objsearch.embedders.objembed import DEFAULT_SCORE_THRESHOLD, build
+
+    plain = save_checkpoint(model, tmp_path / "plain", extra={"steps": 5})
+    assert build(plain, device="cpu").score_threshold == DEFAULT_SCORE_THRESHOLD
+    calibrated = save_checkpoint(model, tmp_path / "calibrated", extra={"steps": 5, "score_threshold": 0.17})
+    assert build(calibrated, device="cpu").score_threshold == 0.17
+    assert build(calibrated, device="cpu", score_threshold=0.5).score_threshold == 0.5, "the caller's choice wins"
 
 
 def test_objembed_on_cpu_takes_the_default_batch_size(model):

@@ -24,6 +24,7 @@ from training.criterion import SetCriterion, task_losses
 from training.data.collate import Target
 from training.engine import lr_factor
 from training.matcher import HungarianMatcher
+from training.phrase_bank import PhraseBank
 
 ALL_TERMS = {"objectness", "box_l1", "giou", "quality", "align", "zeroshot", "mask_bce", "mask_dice", "caption", "classify"}
 SYNTHETIC_TASKS = frozenset({"detection", "mask", "grounding", "caption", "classification"})
@@ -118,8 +119,8 @@ def no_denoising(targets):
     return [(empty, empty) for _ in targets]
 
 
-def criterion_for(model, tasks=tuple(TASK_TERMS)) -> SetCriterion:
-    return SetCriterion(model, HungarianMatcher(), list(tasks), category_weights=None)
+def criterion_for(model, tasks=tuple(TASK_TERMS), phrase_bank=None) -> SetCriterion:
+    return SetCriterion(model, HungarianMatcher(), list(tasks), category_weights=None, phrase_bank=phrase_bank)
 
 
 def test_criterion_returns_every_term_unweighted_and_finite(model):
@@ -218,6 +219,56 @@ def test_phrases_of_other_images_are_negatives(model):
     assert bad.item() > math.log(2) > good.item()
 
 
+def test_phrase_bank_remembers_the_latest_distinct_phrases_of_each_source():
+    bank = PhraseBank(capacity=3)
+    bank.add("captions", ["a red star", "a blue ring", "a red star"])
+    bank.add("refs", ["the star left of the ring"])
+    assert bank.negatives("captions", exclude=set()) == ["a blue ring", "a red star"], "distinct, oldest first"
+    bank.add("captions", ["a green cross", "a blue ring", "a pink heart"])  # "a blue ring" becomes the newest
+    assert bank.negatives("captions", exclude=set()) == ["a green cross", "a blue ring", "a pink heart"]
+    assert bank.negatives("captions", exclude={"a blue ring"}) == ["a green cross", "a pink heart"]
+    assert bank.negatives("refs", exclude=set()) == ["the star left of the ring"], "sources do not mix"
+    assert bank.negatives("unseen", exclude=set()) == [] and len(bank) == 4
+    with pytest.raises(ValueError, match="capacity"):
+        PhraseBank(capacity=-1)
+
+
+def test_the_phrase_bank_adds_its_own_sources_phrases_as_negatives(model):
+    """With a bank, an object is also contrasted with earlier batches' phrases of its source, and only
+    in the object-to-text direction; another source's remembered phrases never reach it."""
+    targets = [make_target(random_boxes(1, 70), ["a small red star"], ("grounding",)),
+               make_target(random_boxes(1, 71), ["a large blue ring"], ("grounding",))]
+    hard_negative = "a small orange star"
+    with torch.no_grad():
+        texts = model.encode_text(["a small red star", "a large blue ring", hard_negative])
+    embeddings = torch.zeros(2, 6, texts.shape[1])
+    embeddings[0, 0] = F.normalize(texts[0] + texts[2], dim=-1)  # the object sits between its phrase and the negative
+    embeddings[1, 0] = texts[1]
+    outputs = fake_outputs(model, targets, embeddings=embeddings)
+    objects = embeddings[:, 0]
+
+    def align(bank):
+        return criterion_for(model, phrase_bank=bank)(outputs, targets, no_denoising(targets))["align"].item()
+
+    in_batch = align(None)
+    same_source = PhraseBank(8)
+    same_source.add("synthetic", [hard_negative, "a small red star"])  # its own phrase is never its negative
+    other_source = PhraseBank(8)
+    other_source.add("refs", [hard_negative])
+    with torch.no_grad():
+        scale = model.logit_scale.exp().clamp(max=100)
+        with_negative = scale * objects @ texts.T  # (2 objects, 3 texts); the bank column is the third
+        object_to_text = F.cross_entropy(with_negative, torch.tensor([0, 1]))
+        text_to_object = _expected_align(model, objects, [0, 1], texts[:2]) * 2 - F.cross_entropy(
+            with_negative[:, :2], torch.tensor([0, 1]))
+        expected = (object_to_text + text_to_object) / 2
+    assert align(same_source) == pytest.approx(expected.item(), rel=1e-4)
+    assert align(same_source) > in_batch + 0.1
+    assert align(other_source) == pytest.approx(in_batch, rel=1e-6)
+    assert same_source.negatives("synthetic", set()) == [hard_negative, "a small red star", "a large blue ring"], \
+        "each step's phrases join the bank after it is read"
+
+
 def test_task_losses_apply_the_weights_exactly_once():
     terms = {name: torch.tensor(float(i + 1)) for i, name in enumerate(sorted(ALL_TERMS - {"caption"}))}
     weights = LossWeights(objectness=2.0, box_l1=5.0, giou=3.0, quality=0.5, align=7.0, zeroshot=0.25,
@@ -261,6 +312,10 @@ def test_load_config_defaults_presets_and_overrides(tmp_path):
     (["--tasks", "detection"], "tasks"),
     (["--tasks", '["detection", "dancing"]'], "dancing"),
     (["--optim.lr"], "optim.lr"),
+    (["--gradnorm.every", "0"], "gradnorm.every must be >= 1"),
+    (["--gradnorm.start_step", "-1"], "gradnorm.start_step must be >= 0"),
+    (["--phrase_bank", "-5"], "phrase_bank must be >= 0"),
+    (["--data.repeat_factor_threshold", "-0.1"], "data.repeat_factor_threshold must be >= 0"),
 ])
 def test_load_config_rejects_bad_keys_and_values_naming_them(overrides, message):
     with pytest.raises(ValueError, match=message.replace(".", r"\.")):
@@ -329,6 +384,9 @@ def test_training_main_writes_a_checkpoint_and_metrics_then_resumes(tmp_path, ca
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["steps"] == 3 and metrics["images_seen"] == 6
     assert 0 <= metrics["test"]["detection"]["AP"] <= 1 and 0 <= metrics["test"]["zero_shot_accuracy"] <= 1
+    assert [point["step"] for point in metrics["curve"]] == [3], "the final weights are evaluated on val"
+    calibrated = metrics["curve"][-1]["best_f1_threshold"]
+    assert config["training"].get("score_threshold", math.nan) == pytest.approx(calibrated, abs=1e-4, nan_ok=True)
     loaded = load_checkpoint(run / "final")  # the engine's loader accepts what training wrote
     assert loaded.config.image_size == SMALL_OVERRIDES["image_size"] and loaded.config.categories
 
@@ -347,6 +405,42 @@ def test_training_main_writes_a_checkpoint_and_metrics_then_resumes(tmp_path, ca
     assert main(other) == 2
     assert "differs in decoder_layers" in capsys.readouterr().err
     assert (run / "last" / "model.safetensors").read_bytes() == weights
+
+
+def test_the_store_threshold_is_calibrated_on_val_at_the_final_weights(monkeypatch):
+    from training.engine import Trainer
+
+    trainer = Trainer.__new__(Trainer)  # only the calibration logic: no model, no data
+    evaluated = []
+
+    def fake_evaluation(split, score_threshold=None):
+        evaluated.append(split)
+        trainer._last_val = (trainer.step, {"best_f1_score_threshold": {"threshold": 0.123456, "precision": 0.9,
+                                                                        "recall": 0.8, "f1": 0.85}})
+        return trainer._last_val[1]
+
+    monkeypatch.setattr(trainer, "record_evaluation", fake_evaluation)
+    trainer.step, trainer._last_val = 700, (350, {"best_f1_score_threshold": {"threshold": 0.9}})
+    assert trainer.calibrated_score_threshold() == 0.1235 and evaluated == ["val"], "stale val results re-evaluated"
+    assert trainer.calibrated_score_threshold() == 0.1235 and evaluated == ["val"], "current val results reused"
+    trainer.step, trainer._last_val = 800, (800, {"best_f1_score_threshold": None})
+    assert trainer.calibrated_score_threshold() is None and evaluated == ["val"]
+
+
+def test_gradnorm_leaves_the_weights_alone_until_its_start_step(tmp_path):
+    from training.train import main
+
+    def gradnorm_state(name: str, start_step: int) -> dict:
+        arguments = tiny_run_arguments(tmp_path / name, steps=3) + ["--gradnorm.start_step", str(start_step)]
+        assert main(arguments) == 0
+        return torch.load(tmp_path / name / "run" / "last" / "trainer_state.pt", weights_only=False)["gradnorm"]
+
+    waiting = gradnorm_state("waiting", start_step=3)  # steps 0-2 come before it
+    assert torch.isnan(waiting["initial_losses"]).all()
+    assert all(float(v) == 0.0 for k, v in waiting.items() if k.startswith("log_weights")), "weights moved"
+    started = gradnorm_state("started", start_step=1)
+    assert torch.isfinite(started["initial_losses"]).any()
+    assert any(float(v) != 0.0 for k, v in started.items() if k.startswith("log_weights"))
 
 
 def test_a_run_stops_when_its_time_budget_is_spent(tmp_path, caplog):
