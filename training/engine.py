@@ -284,8 +284,8 @@ class Trainer:
 
     def calibrated_score_threshold(self) -> float | None:
         """The store threshold of best detection F1 on the val split at the current weights (rank 0;
-        None elsewhere, without a synthetic val split, or when nothing is found). The val evaluation
-        it comes from is the learning curve's last point, unless one was just made at this step."""
+        None elsewhere, without a synthetic val split, or when nothing is found). It evaluates val now
+        (the learning curve's last point) unless the latest val evaluation was at this very step."""
         if self._last_val is None or self._last_val[0] != self.step:
             self.record_evaluation("val")
         best = self._last_val[1].get("best_f1_score_threshold") if self._last_val else None
