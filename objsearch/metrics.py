@@ -257,7 +257,8 @@ def best_f1_score_threshold(
     each image, detections claim ground-truth boxes in descending score order as in :func:`iou_hits`
     (and COCOeval), so keeping the detections scoring >= t keeps exactly the matches of that prefix.
     Precision and recall at t count those matches over the kept detections and over G. Returns
-    ``{"threshold", "precision", "recall", "f1"}`` at the best t (one of the detection scores), or None
+    ``{"threshold", "precision", "recall", "f1"}`` at the best t (one of the detection scores; tied
+    scores are kept or dropped together), or None
     when no threshold finds any object (no detections, no ground truth, or no match at all).
     """
     det_image_ids = np.asarray(det_image_ids).reshape(-1)
@@ -281,6 +282,9 @@ def best_f1_score_threshold(
     recall = found / len(gt_boxes)
     with np.errstate(invalid="ignore"):
         f1 = np.where(found > 0, 2 * precision * recall / (precision + recall), 0.0)
+    sorted_scores = det_scores[order]
+    inside_a_tie = np.append(sorted_scores[:-1] == sorted_scores[1:], False)
+    f1[inside_a_tie] = 0.0  # a threshold keeps all tied detections: only cut after the last of them
     best = int(np.argmax(f1))
     if f1[best] == 0:
         return None

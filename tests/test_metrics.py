@@ -491,6 +491,17 @@ def test_best_f1_score_threshold_matches_trying_every_threshold():
     assert best["f1"] == pytest.approx(best_f1) and best["threshold"] == best_threshold
 
 
+def test_best_f1_score_threshold_keeps_or_drops_tied_scores_together():
+    gt_ids, gt_boxes = np.array([1, 1]), np.array([[0, 0, 10, 10], [20, 20, 30, 30]])
+    det_ids, det_scores = np.array([1, 1, 1]), np.array([0.9, 0.5, 0.5])
+    hit_second_then_miss = np.array([[0, 0, 10, 10], [20, 20, 30, 30], [50, 50, 60, 60]])
+    miss_then_hit_second = hit_second_then_miss[[0, 2, 1]]
+    for boxes in (hit_second_then_miss, miss_then_hit_second):
+        # Keeping >= 0.5 keeps both tied detections: precision 2/3, recall 1 (F1 0.8) in either order.
+        best = metrics.best_f1_score_threshold(det_ids, boxes, det_scores, gt_ids, gt_boxes)
+        assert best == pytest.approx({"threshold": 0.5, "precision": 2 / 3, "recall": 1.0, "f1": 0.8})
+
+
 def test_best_f1_score_threshold_is_none_when_nothing_can_be_found():
     box = np.array([[0, 0, 10, 10]])
     assert metrics.best_f1_score_threshold(np.zeros(0), np.zeros((0, 4)), np.zeros(0), np.array([1]), box) is None

@@ -158,7 +158,10 @@ class SetCriterion:
         bank, bank_sources = self._bank_negatives(phrases, sources, set(vocabulary))
         logits = self.model.similarity(embeddings, self.model.encode_text(vocabulary + bank))  # (N, P + M)
         if bank:  # an object meets only its own source's remembered phrases
-            foreign = torch.as_tensor([[s != b for b in bank_sources] for s in sources], device=logits.device)
+            source_ids = {source: i for i, source in enumerate(dict.fromkeys(sources))}
+            object_source = torch.as_tensor([source_ids[s] for s in sources], device=logits.device)
+            bank_source = torch.as_tensor([source_ids[s] for s in bank_sources], device=logits.device)
+            foreign = object_source[:, None] != bank_source[None, :]  # (N, M)
             logits = torch.cat([logits[:, :len(vocabulary)], logits[:, len(vocabulary):].masked_fill(foreign, -1e4)], 1)
         object_to_text = F.cross_entropy(logits, column)
         logits = logits[:, :len(vocabulary)]

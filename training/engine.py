@@ -149,6 +149,7 @@ class Trainer:
         torch.save({"step": self.step, "optimizer": self.optimizer.state_dict(),
                     "gradnorm": self.gradnorm.state_dict(), "history": self.history,
                     "train_seconds": self.train_seconds, "images_seen": self.images_seen,
+                    "phrase_bank": self.criterion.phrase_bank.state_dict() if self.criterion.phrase_bank else None,
                     "text_config": self.model.config.text_config}, staging / STATE_FILE)
         final = self.output / "last"
         old = self.output / "last.old"
@@ -178,6 +179,8 @@ class Trainer:
         self.gradnorm.load_state_dict(state["gradnorm"])
         self.step, self.history = state["step"], state["history"]
         self.train_seconds, self.images_seen = state["train_seconds"], state["images_seen"]
+        if self.criterion.phrase_bank is not None and state.get("phrase_bank"):
+            self.criterion.phrase_bank.load_state_dict(state["phrase_bank"])
         logger.info("resumed from %s at step %d", state_dir, self.step)
         return True
 
@@ -284,7 +287,9 @@ class Trainer:
 
     def calibrated_score_threshold(self) -> float | None:
         """The store threshold of best detection F1 on the val split at the current weights (rank 0;
-        None elsewhere, without a synthetic val split, or when nothing is found). It evaluates val now
+        None elsewhere, without a synthetic val split, or when nothing is found). Only thresholds >= the
+        evaluation's AP_SCORE_THRESHOLD (0.05) can come out, since lower-scored detections are not
+        evaluated. It evaluates val now
         (the learning curve's last point) unless the latest val evaluation was at this very step."""
         if self._last_val is None or self._last_val[0] != self.step:
             self.record_evaluation("val")

@@ -40,5 +40,14 @@ class PhraseBank:
         """The remembered phrases of ``source`` not in ``exclude`` (the batch's own phrases), oldest first."""
         return [p for p in self._recent.get(source, ()) if p not in exclude]
 
+    def state_dict(self) -> dict[str, list[str]]:
+        """source -> its remembered phrases, oldest first (saved with the resumable training state)."""
+        return {source: list(recent) for source, recent in self._recent.items()}
+
+    def load_state_dict(self, state: dict[str, list[str]]) -> None:
+        self._recent = {}
+        for source, phrases in state.items():
+            self.add(source, list(phrases))
+
     def __len__(self) -> int:
         return sum(len(recent) for recent in self._recent.values())

@@ -39,6 +39,8 @@ class ObjEmbedEmbedder:
         self.embed_dim = int(model.config.embed_dim)
         self.score_threshold = score_threshold
         self.max_objects = max_objects
+        if nms_iou is not None and not 0 < nms_iou <= 1:
+            raise ValueError(f"nms_iou must be in (0, 1] or None, got {nms_iou}")
         self.nms_iou = nms_iou  # class-agnostic duplicate suppression (None: keep every query)
         self.max_batch: int | None = None  # images per forward pass at most; set when CUDA runs out of memory
         self.with_captions = with_captions
@@ -206,9 +208,9 @@ def build(path: str | Path | None = None, device: str | None = None, **options) 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = load_checkpoint(path, device=device)
     calibrated = read_training_info(path).get("score_threshold")
+    source = "given" if "score_threshold" in options else "default"
     if calibrated is not None and "score_threshold" not in options:
-        options["score_threshold"] = float(calibrated)
+        options["score_threshold"], source = float(calibrated), "calibrated in training"
     logger.info("ObjEmbed checkpoint %s loaded on %s; objects scoring >= %.3f are stored (%s)", path, device,
-                options.get("score_threshold", DEFAULT_SCORE_THRESHOLD),
-                "calibrated in training" if calibrated is not None else "default")
+                options.get("score_threshold", DEFAULT_SCORE_THRESHOLD), source)
     return ObjEmbedEmbedder(model, version=checkpoint_version(path), **options)

@@ -481,6 +481,8 @@ def test_a_checkpoint_carries_its_calibrated_store_threshold(model, tmp_path):
     calibrated = save_checkpoint(model, tmp_path / "calibrated", extra={"steps": 5, "score_threshold": 0.17})
     assert build(calibrated, device="cpu").score_threshold == 0.17
     assert build(calibrated, device="cpu", score_threshold=0.5).score_threshold == 0.5, "the caller's choice wins"
+    with pytest.raises(ValueError, match="nms_iou"):
+        build(calibrated, device="cpu", nms_iou=1.5)
 
 
 def test_objembed_on_cpu_takes_the_default_batch_size(model):

@@ -3,6 +3,7 @@ learning-rate schedule, and a real ``training.train.main`` run that checkpoints 
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import logging
@@ -229,6 +230,9 @@ def test_phrase_bank_remembers_the_latest_distinct_phrases_of_each_source():
     assert bank.negatives("captions", exclude={"a blue ring"}) == ["a green cross", "a pink heart"]
     assert bank.negatives("refs", exclude=set()) == ["the star left of the ring"], "sources do not mix"
     assert bank.negatives("unseen", exclude=set()) == [] and len(bank) == 4
+    restored = PhraseBank(capacity=3)
+    restored.load_state_dict(bank.state_dict())
+    assert restored.state_dict() == bank.state_dict(), "a resumed run gets the bank back"
     with pytest.raises(ValueError, match="capacity"):
         PhraseBank(capacity=-1)
 
@@ -267,6 +271,31 @@ def test_the_phrase_bank_adds_its_own_sources_phrases_as_negatives(model):
     assert align(other_source) == pytest.approx(in_batch, rel=1e-6)
     assert same_source.negatives("synthetic", set()) == [hard_negative, "a small red star", "a large blue ring"], \
         "each step's phrases join the bank after it is read"
+
+
+def test_an_object_meets_only_its_own_sources_bank(model):
+    caption_target = make_target(random_boxes(1, 72), ["a small red star"], ("grounding",))
+    refs_target = dataclasses.replace(make_target(random_boxes(1, 73), ["the ring on the left"], ("grounding",)),
+                                      source="refs")
+    targets = [caption_target, refs_target]
+    hard_negative = "a small orange star"
+    with torch.no_grad():
+        texts = model.encode_text(["a small red star", "the ring on the left", hard_negative])
+    embeddings = torch.zeros(2, 6, texts.shape[1])
+    embeddings[0, 0] = F.normalize(texts[0] + texts[2], dim=-1)
+    embeddings[1, 0] = F.normalize(texts[1] + texts[2], dim=-1)  # close to the negative too, but of another source
+    outputs = fake_outputs(model, targets, embeddings=embeddings)
+    bank = PhraseBank(8)
+    bank.add("synthetic", [hard_negative])
+    align = criterion_for(model, phrase_bank=bank)(outputs, targets, no_denoising(targets))["align"]
+    objects = embeddings[:, 0]
+    with torch.no_grad():
+        logits = model.logit_scale.exp().clamp(max=100) * objects @ texts.T  # (2, 3)
+        object_to_text = (F.cross_entropy(logits[:1], torch.tensor([0]))  # the caption object sees the bank
+                          + F.cross_entropy(logits[1:, :2], torch.tensor([1]))) / 2  # the refs object does not
+        text_to_object = _expected_align(model, objects, [0, 1], texts[:2]) * 2 - F.cross_entropy(
+            logits[:, :2], torch.tensor([0, 1]))
+    assert align.item() == pytest.approx(((object_to_text + text_to_object) / 2).item(), rel=1e-4)
 
 
 def test_task_losses_apply_the_weights_exactly_once():
@@ -371,9 +400,15 @@ def tiny_run_arguments(tmp_path, steps: int) -> list[str]:
     ]
 
 
-def test_training_main_writes_a_checkpoint_and_metrics_then_resumes(tmp_path, caplog, capsys):
+def test_training_main_writes_a_checkpoint_and_metrics_then_resumes(tmp_path, caplog, capsys, monkeypatch):
+    from objsearch import metrics as objsearch_metrics
     from objsearch.model.checkpoint import load_checkpoint
     from training.train import main
+
+    # Three steps find no object, so the val calibration would give None: pin what it finds, so the
+    # path from the val evaluation into the checkpoint is exercised.
+    monkeypatch.setattr(objsearch_metrics, "best_f1_score_threshold",
+                        lambda *args, **kwargs: {"threshold": 0.43215, "precision": 0.9, "recall": 0.8, "f1": 0.85})
 
     caplog.set_level(logging.INFO, logger="training.engine")
     run = tmp_path / "run"
@@ -385,8 +420,8 @@ def test_training_main_writes_a_checkpoint_and_metrics_then_resumes(tmp_path, ca
     assert metrics["steps"] == 3 and metrics["images_seen"] == 6
     assert 0 <= metrics["test"]["detection"]["AP"] <= 1 and 0 <= metrics["test"]["zero_shot_accuracy"] <= 1
     assert [point["step"] for point in metrics["curve"]] == [3], "the final weights are evaluated on val"
-    calibrated = metrics["curve"][-1]["best_f1_threshold"]
-    assert config["training"].get("score_threshold", math.nan) == pytest.approx(calibrated, abs=1e-4, nan_ok=True)
+    assert metrics["curve"][-1]["best_f1_threshold"] == 0.43215
+    assert config["training"]["score_threshold"] == pytest.approx(0.43215, abs=1e-4), "carried in the checkpoint"
     loaded = load_checkpoint(run / "final")  # the engine's loader accepts what training wrote
     assert loaded.config.image_size == SMALL_OVERRIDES["image_size"] and loaded.config.categories
 
