@@ -145,14 +145,14 @@ class SetCriterion:
         if not keep and not distributed.is_distributed():
             return None
         keep_t = torch.as_tensor(keep, dtype=torch.long)
-        phrases = [targets[objects.image_index[i]].phrases[objects.object_index[i]] for i in keep]
-        sources = [targets[objects.image_index[i]].source for i in keep]
+        labelled = [(targets[objects.image_index[i]].phrases[objects.object_index[i]],
+                     targets[objects.image_index[i]].source) for i in keep]
         # Collective calls: every rank joins them, even one with no phrases this step.
         embeddings = distributed.gather_with_grad(objects.embeddings[keep_t])
-        phrases = distributed.gather_strings(phrases)
-        sources = distributed.gather_strings(sources)
-        if not phrases:
+        labelled = distributed.gather_objects(labelled)
+        if not labelled:
             return None
+        phrases, sources = [p for p, _ in labelled], [s for _, s in labelled]
         vocabulary = list(dict.fromkeys(phrases))
         column = torch.as_tensor([vocabulary.index(p) for p in phrases], device=embeddings.device)
         bank, bank_sources = self._bank_negatives(phrases, sources, set(vocabulary))

@@ -69,10 +69,11 @@ def gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts)
 
 
-def gather_strings(items: list[str]) -> list[str]:
-    """All ranks' lists concatenated in rank order (the same order as gather_with_grad)."""
+def gather_objects(items: list) -> list:
+    """All ranks' lists of picklable items (strings, tuples) concatenated in rank order (the same
+    order as gather_with_grad)."""
     if not is_distributed():
         return items
-    gathered: list[list[str]] = [[] for _ in range(world_size())]
+    gathered: list[list] = [[] for _ in range(world_size())]
     dist.all_gather_object(gathered, items)
     return [item for part in gathered for item in part]

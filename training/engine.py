@@ -149,7 +149,7 @@ class Trainer:
         torch.save({"step": self.step, "optimizer": self.optimizer.state_dict(),
                     "gradnorm": self.gradnorm.state_dict(), "history": self.history,
                     "train_seconds": self.train_seconds, "images_seen": self.images_seen,
-                    "phrase_bank": self.criterion.phrase_bank.state_dict() if self.criterion.phrase_bank else None,
+                    "phrase_bank": None if self.criterion.phrase_bank is None else self.criterion.phrase_bank.state_dict(),
                     "text_config": self.model.config.text_config}, staging / STATE_FILE)
         final = self.output / "last"
         old = self.output / "last.old"
@@ -289,8 +289,8 @@ class Trainer:
         """The store threshold of best detection F1 on the val split at the current weights (rank 0;
         None elsewhere, without a synthetic val split, or when nothing is found). Only thresholds >= the
         evaluation's AP_SCORE_THRESHOLD (0.05) can come out, since lower-scored detections are not
-        evaluated. It evaluates val now
-        (the learning curve's last point) unless the latest val evaluation was at this very step."""
+        evaluated. It evaluates val now (the learning curve's last point) unless the latest val
+        evaluation was at this very step."""
         if self._last_val is None or self._last_val[0] != self.step:
             self.record_evaluation("val")
         best = self._last_val[1].get("best_f1_score_threshold") if self._last_val else None

@@ -78,7 +78,7 @@ def _train_worker(rank: int, port: int, runs: dict[str, list[str]], out: str) ->
 @pytest.fixture(scope="module")
 def ddp_runs(tmp_path_factory) -> Path:
     """Both RUNS, two steps each, in one pair of gloo processes (the imports are paid once)."""
-    from tests.training.test_training import tiny_run_arguments
+    from tests.training.test_training_runs import tiny_run_arguments
 
     root = tmp_path_factory.mktemp("ddp")
     base = tiny_run_arguments(root, steps=2)
@@ -126,7 +126,7 @@ def _gather_worker(rank: int, port: int, out: str) -> None:
     gathered = distributed.gather_with_grad(local)
     weights = torch.arange(gathered.numel(), dtype=torch.float32).view_as(gathered) + 1
     (gathered * weights).sum().backward()
-    strings = distributed.gather_strings([f"rank{rank}-row{i}" for i in range(rows)])
+    strings = distributed.gather_objects([f"rank{rank}-row{i}" for i in range(rows)])
     torch.save({"gathered": gathered.detach(), "grad": local.grad, "requires_grad": gathered.requires_grad,
                 "strings": strings, "weights": weights}, Path(out) / f"gather{rank}.pt")
     torch.distributed.barrier()

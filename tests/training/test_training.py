@@ -1,12 +1,9 @@
-"""Training: the Hungarian matcher, the criterion's terms, the loss weights, the config loader, the
-learning-rate schedule, and a real ``training.train.main`` run that checkpoints and resumes."""
+"""Training losses: the Hungarian matcher, the criterion's terms (the phrase bank's negatives
+included) and the loss weights. Config, schedule and real runs: ``test_training_runs.py``."""
 
 from __future__ import annotations
 
 import dataclasses
-import itertools
-import json
-import logging
 import math
 
 import pytest
@@ -15,15 +12,12 @@ import torch.nn.functional as F
 
 from tests.training.test_model import (  # noqa: F401  (model, one_thread: shared fixtures)
     CATEGORIES,
-    SMALL_OVERRIDES,
     model,
     one_thread,
-    small_config,
 )
-from training.config import TASK_TERMS, LossWeights, TrainConfig, load_config
+from training.config import TASK_TERMS, LossWeights
 from training.criterion import SetCriterion, task_losses
 from training.data.collate import Target
-from training.engine import lr_factor
 from training.matcher import HungarianMatcher
 from training.phrase_bank import PhraseBank
 
@@ -311,218 +305,3 @@ def test_task_losses_apply_the_weights_exactly_once():
     assert tasks["classification"].item() == pytest.approx(19 * t["classify"])
     partial = task_losses({"box_l1": torch.tensor(2.0)}, weights)
     assert {k: v.item() for k, v in partial.items()} == {"detection": 10.0}
-
-
-# ---------------------------------------------------------------------------------------- config
-
-
-def test_load_config_defaults_presets_and_overrides(tmp_path):
-    assert load_config().to_dict() == TrainConfig().to_dict()
-    assert load_config("tiny").output_dir == "runs/tiny"  # a preset by name from training/presets/
-
-    preset_file = tmp_path / "mine.json"
-    preset_file.write_text(json.dumps({"optim": {"lr": 0.01, "steps": 50}, "model": {"hidden_dim": 64}, "tasks": ["detection", "mask"]}))
-    config = load_config(preset_file, ["--optim.lr", "0.001", "--model.num_queries", "30", "--resume", "false"])
-    assert config.optim.lr == 0.001 and config.optim.steps == 50  # the override wins, the rest of the preset stays
-    assert config.model == {"hidden_dim": 64, "num_queries": 30}
-    assert config.tasks == ["detection", "mask"] and config.resume is False
-    assert config.optim.batch_size == TrainConfig().optim.batch_size
-
-    assert load_config(None, ["--tasks", '["detection"]']).tasks == ["detection"]
-    assert load_config(None, ["--optim.batch-size", "4"]).optim.batch_size == 4
-
-
-@pytest.mark.parametrize("overrides, message", [
-    (["--optim.lrr", "0.1"], "optim.lrr"),
-    (["--nonsense", "1"], "nonsense"),
-    (["--optim.lr", "fast"], "optim.lr"),
-    (["--optim.steps", "2.5"], "optim.steps"),
-    (["--resume", "maybe"], "resume"),
-    (["--tasks", "detection"], "tasks"),
-    (["--tasks", '["detection", "dancing"]'], "dancing"),
-    (["--optim.lr"], "optim.lr"),
-    (["--gradnorm.every", "0"], "gradnorm.every must be >= 1"),
-    (["--gradnorm.start_step", "-1"], "gradnorm.start_step must be >= 0"),
-    (["--phrase_bank", "-5"], "phrase_bank must be >= 0"),
-    (["--data.repeat_factor_threshold", "-0.1"], "data.repeat_factor_threshold must be >= 0"),
-])
-def test_load_config_rejects_bad_keys_and_values_naming_them(overrides, message):
-    with pytest.raises(ValueError, match=message.replace(".", r"\.")):
-        load_config(None, overrides)
-
-
-def test_unknown_key_in_a_preset_file_is_rejected(tmp_path, capsys):
-    preset_file = tmp_path / "bad.json"
-    preset_file.write_text(json.dumps({"optim": {"learning_rate": 0.1}}))
-    with pytest.raises(ValueError, match="optim.learning_rate"):
-        load_config(preset_file)
-    from training.train import main
-
-    assert main([str(preset_file)]) == 2
-    assert "optim.learning_rate" in capsys.readouterr().err
-
-
-def test_lr_factor_warms_up_linearly_then_decays_to_five_percent():
-    warmup, total = 10, 100
-    assert lr_factor(0, warmup, total) == pytest.approx(0.1)
-    assert lr_factor(4, warmup, total) == pytest.approx(0.5)
-    assert lr_factor(9, warmup, total) == pytest.approx(1.0)
-    assert lr_factor(warmup, warmup, total) == pytest.approx(1.0)
-    assert lr_factor(55, warmup, total) == pytest.approx(0.05 + 0.95 * 0.5)  # half way through the cosine
-    assert lr_factor(total, warmup, total) == pytest.approx(0.05)
-    assert lr_factor(10 * total, warmup, total) == pytest.approx(0.05)
-    curve = [lr_factor(s, warmup, total) for s in range(total + 1)]
-    assert all(a < b for a, b in itertools.pairwise(curve[:warmup]))
-    assert all(a >= b for a, b in itertools.pairwise(curve[warmup:]))
-    assert lr_factor(0, 0, total) == pytest.approx(1.0)
-
-
-def test_a_time_budget_anneals_the_learning_rate_by_whichever_runs_out_first():
-    warmup, total = 10, 100
-    assert lr_factor(20, warmup, total, spent=0.5) == pytest.approx(0.05 + 0.95 * 0.5)  # time is ahead of steps
-    assert lr_factor(55, warmup, total, spent=0.1) == pytest.approx(0.05 + 0.95 * 0.5)  # steps are ahead of time
-    assert lr_factor(20, warmup, total, spent=1.0) == pytest.approx(0.05)
-    assert lr_factor(5, warmup, total, spent=0.9) == pytest.approx(0.6)  # warm-up is by steps only
-
-
-# ---------------------------------------------------------------------------------------- a real run
-
-
-def tiny_run_arguments(tmp_path, steps: int) -> list[str]:
-    """``training.train`` flags for a seconds-long run of the small model on a 12/4/4-image synthetic set."""
-    model = [item for key, value in SMALL_OVERRIDES.items()
-             for item in (f"--model.{key}", json.dumps(value) if isinstance(value, dict) else str(value))]
-    return [
-        "--data.synthetic_dir", str(tmp_path / "synthetic"), "--data.synthetic_train", "12",
-        "--data.synthetic_val", "4", "--data.synthetic_test", "4", *model,
-        "--optim.steps", str(steps), "--optim.batch_size", "2", "--optim.warmup_steps", "1",
-        "--eval_every", "0", "--checkpoint_every", "2", "--output_dir", str(tmp_path / "run"),
-    ]
-
-
-def test_training_main_writes_a_checkpoint_and_metrics_then_resumes(tmp_path, caplog, capsys, monkeypatch):
-    from objsearch import metrics as objsearch_metrics
-    from objsearch.model.checkpoint import load_checkpoint
-    from training.train import main
-
-    # Three steps find no object, so the val calibration would give None: pin what it finds, so the
-    # path from the val evaluation into the checkpoint is exercised.
-    monkeypatch.setattr(objsearch_metrics, "best_f1_score_threshold",
-                        lambda *args, **kwargs: {"threshold": 0.43215, "precision": 0.9, "recall": 0.8, "f1": 0.85})
-
-    caplog.set_level(logging.INFO, logger="training.engine")
-    run = tmp_path / "run"
-    assert main(tiny_run_arguments(tmp_path, steps=3)) == 0
-    config = json.loads((run / "final" / "config.json").read_text())
-    assert config["model_type"] == "objembed" and config["training"]["steps"] == 3
-    assert (run / "final" / "model.safetensors").is_file()
-    metrics = json.loads((run / "metrics.json").read_text())
-    assert metrics["steps"] == 3 and metrics["images_seen"] == 6
-    assert 0 <= metrics["test"]["detection"]["AP"] <= 1 and 0 <= metrics["test"]["zero_shot_accuracy"] <= 1
-    assert [point["step"] for point in metrics["curve"]] == [3], "the final weights are evaluated on val"
-    assert metrics["curve"][-1]["best_f1_threshold"] == 0.43215
-    assert config["training"]["score_threshold"] == pytest.approx(0.43215, abs=1e-4), "carried in the checkpoint"
-    loaded = load_checkpoint(run / "final")  # the engine's loader accepts what training wrote
-    assert loaded.config.image_size == SMALL_OVERRIDES["image_size"] and loaded.config.categories
-
-    caplog.clear()
-    assert main(tiny_run_arguments(tmp_path, steps=4)) == 0
-    messages = [r.getMessage() for r in caplog.records if r.name == "training.engine"]
-    assert any("resumed from" in m and "at step 3" in m for m in messages), messages
-    assert not any(m.startswith("step 1/") for m in messages), "the second run restarted at step 0"
-    metrics = json.loads((run / "metrics.json").read_text())
-    assert metrics["steps"] == 4 and metrics["images_seen"] == 8
-    assert json.loads((run / "final" / "config.json").read_text())["training"]["steps"] == 4
-
-    # The same output_dir asked to train a different architecture: a clear refusal, nothing overwritten.
-    weights = (run / "last" / "model.safetensors").read_bytes()
-    other = tiny_run_arguments(tmp_path, steps=5) + ["--model.decoder_layers", "1"]
-    assert main(other) == 2
-    assert "differs in decoder_layers" in capsys.readouterr().err
-    assert (run / "last" / "model.safetensors").read_bytes() == weights
-
-
-def test_the_store_threshold_is_calibrated_on_val_at_the_final_weights(monkeypatch):
-    from training.engine import Trainer
-
-    trainer = Trainer.__new__(Trainer)  # only the calibration logic: no model, no data
-    evaluated = []
-
-    def fake_evaluation(split, score_threshold=None):
-        evaluated.append(split)
-        trainer._last_val = (trainer.step, {"best_f1_score_threshold": {"threshold": 0.123456, "precision": 0.9,
-                                                                        "recall": 0.8, "f1": 0.85}})
-        return trainer._last_val[1]
-
-    monkeypatch.setattr(trainer, "record_evaluation", fake_evaluation)
-    trainer.step, trainer._last_val = 700, (350, {"best_f1_score_threshold": {"threshold": 0.9}})
-    assert trainer.calibrated_score_threshold() == 0.1235 and evaluated == ["val"], "stale val results re-evaluated"
-    assert trainer.calibrated_score_threshold() == 0.1235 and evaluated == ["val"], "current val results reused"
-    trainer.step, trainer._last_val = 800, (800, {"best_f1_score_threshold": None})
-    assert trainer.calibrated_score_threshold() is None and evaluated == ["val"]
-
-
-def test_gradnorm_leaves_the_weights_alone_until_its_start_step(tmp_path):
-    from training.train import main
-
-    def gradnorm_state(name: str, start_step: int) -> dict:
-        arguments = tiny_run_arguments(tmp_path / name, steps=3) + ["--gradnorm.start_step", str(start_step)]
-        assert main(arguments) == 0
-        return torch.load(tmp_path / name / "run" / "last" / "trainer_state.pt", weights_only=False)["gradnorm"]
-
-    waiting = gradnorm_state("waiting", start_step=3)  # steps 0-2 come before it
-    assert torch.isnan(waiting["initial_losses"]).all()
-    assert all(float(v) == 0.0 for k, v in waiting.items() if k.startswith("log_weights")), "weights moved"
-    started = gradnorm_state("started", start_step=1)
-    assert torch.isfinite(started["initial_losses"]).any()
-    assert any(float(v) != 0.0 for k, v in started.items() if k.startswith("log_weights"))
-
-
-def test_a_run_stops_when_its_time_budget_is_spent(tmp_path, caplog):
-    from training.train import main
-
-    caplog.set_level(logging.WARNING, logger="training.engine")
-    assert main(tiny_run_arguments(tmp_path, steps=50) + ["--optim.max_minutes", "0.00001"]) == 0
-    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    assert metrics["steps"] == 1 and (tmp_path / "run" / "final" / "model.safetensors").is_file()
-    assert any("budget is spent" in r.getMessage() for r in caplog.records)
-
-    # Run again: the budget is still spent, so the run is finished and trains nothing more ...
-    assert main(tiny_run_arguments(tmp_path, steps=50) + ["--optim.max_minutes", "0.00001"]) == 0
-    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["steps"] == 1
-    # ... until the budget is raised: then it continues from where it stopped.
-    assert main(tiny_run_arguments(tmp_path, steps=3) + ["--optim.max_minutes", "60"]) == 0
-    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["steps"] == 3
-
-
-def test_repeat_factor_sampling_reaches_the_sampler_for_sources_that_list_categories(tmp_path):
-    from training.engine import Trainer
-
-    arguments = tiny_run_arguments(tmp_path, steps=2)
-    plain = Trainer(load_config(None, arguments))
-    assert plain.repeat_factors() == {} and plain.loader().batch_sampler.repeat_factors == {}
-    trainer = Trainer(load_config(None, arguments + ["--data.repeat_factor_threshold", "0.9"]))
-    factors = trainer.loader().batch_sampler.repeat_factors
-    # The detection source lists its images' categories; the referring-expression source does not.
-    assert set(factors) == {"synthetic"} and len(factors["synthetic"]) == 12
-    # With t = 0.9 every category seen in fewer than 90% of the 12 images is repeated.
-    assert factors["synthetic"].max() > 1.0 and factors["synthetic"].min() >= 1.0
-
-
-def test_no_arguments_means_the_tiny_preset_with_its_time_budget():
-    from training.train import DEFAULT_PRESET
-
-    config = load_config(DEFAULT_PRESET)
-    assert config.preset == "tiny" and config.output_dir == "runs/tiny"
-    assert 0 < config.optim.max_minutes < 30  # the default run fits the 30 minutes it is promised
-
-
-@pytest.mark.parametrize("name", ["tiny", "base", "large"])
-def test_every_shipped_preset_file_loads_by_name(name):
-    """`python -m training.train base` must find training/presets/base.json and name the model preset."""
-    from objsearch.model.config import PRESETS
-    from training.config import load_config
-
-    config = load_config(name)
-    assert config.preset == name and config.preset in PRESETS
-    assert config.output_dir == f"runs/{name}"
