@@ -178,9 +178,9 @@ def test_denoising_boxes_do_not_leak_into_matching_queries_nor_other_groups(mode
     for key in plain:
         nested = plain[key] if isinstance(plain[key], dict) else {"": plain[key]}
         for sub in nested:
-            pick = (lambda out: out[key][sub]) if sub else (lambda out: out[key])
-            assert torch.allclose(pick(a), pick(b), atol=1e-5), f"denoising boxes changed the matching queries' {key}"
-            assert torch.allclose(pick(a), pick(plain), atol=1e-5), f"adding denoising queries changed {key}"
+            got = {name: out[key][sub] if sub else out[key] for name, out in (("a", a), ("b", b), ("plain", plain))}
+            assert torch.allclose(got["a"], got["b"], atol=1e-5), f"denoising boxes changed the matching queries' {key}"
+            assert torch.allclose(got["a"], got["plain"], atol=1e-5), f"adding denoising queries changed {key}"
     # The extra queries themselves do depend on their boxes (so the checks above can fail) ...
     assert not torch.allclose(a["extra"]["embeddings"], b["extra"]["embeddings"], atol=1e-3)
     # ... and group 1 is blind to group 2's boxes.
