@@ -104,7 +104,9 @@ class TrainConfig:
     output_dir: str = "runs/tiny"
     seed: int = 0
     device: str = ""  # "" = cuda when present, else cpu
-    amp: bool = True  # bfloat16 autocast on CUDA (ignored on CPU)
+    #: bfloat16 autocast of the forward pass and losses where the device runs bf16 natively (CUDA, and
+    #: CPUs with AVX512-BF16 or AMX; see training.engine.fast_bfloat16); elsewhere, and when false, float32.
+    amp: bool = True
     eval_every: int = 350  # steps between evaluations on the val split (0: only at the end)
     checkpoint_every: int = 350  # steps between resumable checkpoints
     resume: bool = True  # continue from output_dir/last when it exists

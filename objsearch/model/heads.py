@@ -11,8 +11,8 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.ops import roi_align
 
+from objsearch.model.roi import roi_align_grid
 from objsearch.model.transformer import MLP, sine_encoding
 
 
@@ -40,7 +40,7 @@ class EmbeddingHead(nn.Module):
         batch, queries, _ = features.shape
         grid = feature_map.shape[-1]
         xyxy = cxcywh_to_xyxy(boxes.detach()).clamp(0, 1) * grid  # feature-map cells
-        rois = roi_align(feature_map, list(xyxy.unbind(0)), output_size=self.roi_size, aligned=True)
+        rois = roi_align_grid(feature_map, xyxy, self.roi_size)  # (B*Q, C, R, R)
         pooled = self.roi_proj(rois.flatten(1)).view(batch, queries, self.dim)
         position = self.box_proj(sine_encoding(boxes.detach(), self.dim // 4))
         return F.normalize(self.mlp(torch.cat([features, pooled, position], dim=-1)), dim=-1)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import math
 
 import pytest
 import torch
@@ -208,6 +209,53 @@ def test_repeat_factor_sampling_reaches_the_sampler_for_sources_that_list_catego
     assert set(factors) == {"synthetic"} and len(factors["synthetic"]) == 12
     # With t = 0.9 every category seen in fewer than 90% of the 12 images is repeated.
     assert factors["synthetic"].max() > 1.0 and factors["synthetic"].min() >= 1.0
+
+
+def test_mixed_precision_runs_the_forward_in_bfloat16_and_keeps_float32_weights(tmp_path):
+    from training.criterion import task_losses
+    from training.denoising import build_denoising_queries
+    from training.engine import Trainer
+
+    arguments = tiny_run_arguments(tmp_path, steps=2)
+    assert not Trainer(load_config(None, arguments + ["--amp", "false"])).mixed_precision
+    trainer = Trainer(load_config(None, arguments))
+    trainer.mixed_precision = True  # as on a CPU with AVX512-BF16, whatever this machine has
+    batch = next(iter(trainer.loader()))
+    images = trainer.model.normalize(batch["images"])
+    extra, pairs = build_denoising_queries([t.boxes for t in batch["targets"]], 3, 0.4)
+
+    def losses(autocast: bool) -> dict[str, float]:
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            terms = trainer.wrapped(images, batch["targets"], extra, 3, pairs)
+        return {name: float(value) for name, value in task_losses(terms, trainer.config.loss).items()}
+
+    # The same weights and batch give the same task losses in bfloat16 as in float32, within bf16's
+    # precision: no loss term overflows or collapses under autocast.
+    full, half = losses(False), losses(True)
+    assert full.keys() == half.keys()
+    for name in full:
+        assert half[name] == pytest.approx(full[name], rel=0.05), name
+
+    dtypes = []
+    linear = trainer.model.backbone.vit.blocks[0].mlp.fc1  # a matrix product: bf16 under autocast
+    hook = linear.register_forward_hook(lambda module, args, output: dtypes.append(output.dtype))
+    before = {name: p.detach().clone() for name, p in trainer.model.named_parameters() if p.requires_grad}
+    stats = trainer.train_step(batch)
+    hook.remove()
+    assert dtypes == [torch.bfloat16]
+    assert all(map(math.isfinite, stats.values()))
+    after = dict(trainer.model.named_parameters())
+    assert all(after[name].dtype == torch.float32 for name in before)
+    assert sum(not torch.equal(before[name], after[name]) for name in before) > 0.9 * len(before)
+
+
+def test_bfloat16_is_chosen_only_where_the_device_runs_it_natively(monkeypatch):
+    from training.engine import fast_bfloat16
+
+    for avx512_bf16, amx, expected in [(False, False, False), (True, False, True), (False, True, True)]:
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda value=avx512_bf16: value)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda value=amx: value)
+        assert fast_bfloat16(torch.device("cpu")) is expected
 
 
 def test_no_arguments_means_the_tiny_preset_with_its_time_budget():
