@@ -1,10 +1,11 @@
-"""Training-step speed of the default (tiny) run: float32 against bfloat16 autocast, and the embedding
-head's RoIAlign (one grid_sample) against torchvision's, side by side in one process.
+"""Training-step speed of the default (tiny) run, side by side in one process: float32 against
+bfloat16 autocast (with and without PyTorch's fused attention in the ViT), and the embedding head's
+RoIAlign (one grid_sample) against torchvision's.
 
     python -m benchmarks.train_step [--rounds 6] [--steps 5]
 
-The two precisions alternate in rounds of ``--steps`` training steps on the same model and data
-stream, so machine noise falls on both; medians of the per-step times are printed with their ratio.
+The variants alternate in rounds of ``--steps`` training steps on the same model and data
+stream, so machine noise falls on all of them; medians of the per-step times are printed with their ratio.
 Needs the synthetic set in ``runs/synthetic`` (generated on first use, a few minutes).
 """
 
@@ -23,7 +24,8 @@ def _median_ms(times: list[float]) -> float:
 
 
 def time_training_steps(rounds: int, steps: int) -> dict[str, list[float]]:
-    """Seconds per training step of the default config, per precision ("float32", "bfloat16")."""
+    """Seconds per training step of the default config: float32, bfloat16 as a training run sets it up
+    (on CPU: explicit ViT attention) and bfloat16 with PyTorch's fused attention."""
     from training.config import load_config
     from training.engine import Trainer
 
@@ -31,10 +33,12 @@ def time_training_steps(rounds: int, steps: int) -> dict[str, list[float]]:
         trainer = Trainer(load_config("tiny", ["--output_dir", scratch, "--resume", "false", "--eval_every", "0"]))
     batches = iter(trainer.loader())
     trainer.step = trainer.config.gradnorm.start_step  # GradNorm updates every other step, as in a run
-    times: dict[str, list[float]] = {"float32": [], "bfloat16": []}
-    for round_index in range(rounds + 1):  # round 0 warms both up and is not counted
+    times: dict[str, list[float]] = {"float32": [], "bfloat16, fused attention": [], "bfloat16": []}
+    for round_index in range(rounds + 1):  # round 0 warms all up and is not counted
         for name in times:
-            trainer.mixed_precision = name == "bfloat16"
+            trainer.set_mixed_precision(name.startswith("bfloat16"))  # the run's choice of attention
+            if name == "bfloat16, fused attention":
+                trainer.model.backbone.use_fused_attention(True)
             for _ in range(steps):
                 batch = next(batches)
                 started = time.perf_counter()
@@ -94,7 +98,7 @@ def main() -> None:
     full = _median_ms(steps["float32"])
     print(f"\nTraining step (tiny preset, batch 16), median of {args.rounds * args.steps} steps each:")
     for name, times in steps.items():
-        print(f"  {name:10s} {_median_ms(times):7.1f} ms  ({full / _median_ms(times):.2f}x)")
+        print(f"  {name:26s} {_median_ms(times):7.1f} ms  ({full / _median_ms(times):.2f}x)")
 
 
 if __name__ == "__main__":

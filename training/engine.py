@@ -136,8 +136,7 @@ class Trainer:
                                  min_weight=config.gradnorm.min_weight,
                                  max_weight=config.gradnorm.max_weight).to(self.device)
         self.optimizer = build_optimizer(self.model, config)
-        self.mixed_precision = config.amp and fast_bfloat16(self.device)
-        logger.info("mixed precision: %s", "bfloat16 autocast" if self.mixed_precision else "off (float32)")
+        self.set_mixed_precision(config.amp and fast_bfloat16(self.device))
         self.collate = Collator(model_config.image_size, model_config.mask_size,
                                 {name: list(ds.categories) for name, ds in self.sources.items()})
         self.step = 0
@@ -151,6 +150,14 @@ class Trainer:
             self.wrapped = torch.nn.parallel.DistributedDataParallel(
                 self.wrapped, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 find_unused_parameters=True)
+
+    def set_mixed_precision(self, enabled: bool) -> None:
+        """bfloat16 autocast of the training forward pass (True) or float32. On CPU, bfloat16 also
+        switches the ViT to explicit attention: PyTorch's fused CPU attention is slower in bfloat16
+        (measured with ``python -m benchmarks.train_step``: a tiny-preset step takes ~12 % longer)."""
+        self.mixed_precision = enabled
+        self.model.backbone.use_fused_attention(not (enabled and self.device.type == "cpu"))
+        logger.info("mixed precision: %s", "bfloat16 autocast" if enabled else "off (float32)")
 
     # ---- checkpoints ----------------------------------------------------------------------------
     def save_state(self) -> None:

@@ -66,6 +66,14 @@ class ViTBackbone(nn.Module):
             self.vit.patch_embed.proj = conv_stem(self.num_channels, self.patch_size, config.conv_stem_blocks)
         logger.info("backbone %s: %d channels, %dx%d grid", config.backbone, self.num_channels, self.grid, self.grid)
 
+    def use_fused_attention(self, enabled: bool) -> None:
+        """Run the ViT's attention through ``F.scaled_dot_product_attention`` (True, timm's default) or
+        as explicit matrix products and softmax (False). The result is the same; which is faster
+        depends on the device and precision (``benchmarks.train_step`` times both)."""
+        for module in self.vit.modules():
+            if hasattr(module, "fused_attn"):
+                module.fused_attn = enabled
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)

@@ -219,9 +219,14 @@ def test_mixed_precision_runs_the_forward_in_bfloat16_and_keeps_float32_weights(
     arguments = tiny_run_arguments(tmp_path, steps=2)
     assert not Trainer(load_config(None, arguments + ["--amp", "false"])).mixed_precision
     trainer = Trainer(load_config(None, arguments))
-    trainer.mixed_precision = True  # as on a CPU with AVX512-BF16, whatever this machine has
     batch = next(iter(trainer.loader()))
     images = trainer.model.normalize(batch["images"])
+    with torch.no_grad():
+        fused = trainer.model.backbone(images)
+        trainer.set_mixed_precision(True)  # as on a CPU with AVX512-BF16, whatever this machine has
+        # ... which on CPU also swaps the ViT's fused attention for explicit attention: same features.
+        torch.testing.assert_close(trainer.model.backbone(images), fused, atol=1e-4, rtol=1e-4)
+    assert not any(m.fused_attn for m in trainer.model.backbone.modules() if hasattr(m, "fused_attn"))
     extra, pairs = build_denoising_queries([t.boxes for t in batch["targets"]], 3, 0.4)
 
     def losses(autocast: bool) -> dict[str, float]:
