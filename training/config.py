@@ -82,7 +82,9 @@ class OptimConfig:
     grad_clip: float = 0.5
     batch_size: int = 16
     steps: int = 1400  # total optimisation steps
-    max_minutes: float = 0.0  # time budget: the LR anneals by it and the run stops when it is spent (0: none)
+    #: Time budget in minutes (0: none): the run stops when it is spent, and the LR anneals towards the
+    #: step it is projected to end at when that comes before ``steps`` (see engine.lr_factor).
+    max_minutes: float = 0.0
 
 
 @dataclass

@@ -48,13 +48,19 @@ class ResumeMismatch(Exception):
 def lr_factor(step: int, warmup: int, total: int, spent: float = 0.0) -> float:
     """Linear warm-up over ``warmup`` steps to 1, then cosine decay to 0.05 at the end of the run.
 
-    The run ends at ``total`` steps or when its time budget is spent, whichever comes first:
-    ``spent`` is the fraction of the budget used (0 without one), so a run that a slower machine
-    cuts short still anneals fully instead of stopping at a high learning rate.
+    The run ends at ``total`` steps or when its time budget is spent, whichever comes first.
+    ``spent`` is the fraction of the budget used so far (0 without one). At the current rate the
+    budget lasts ``step / spent`` steps: when that is at least ``total`` the decay goes by steps alone,
+    so the schedule (and, on a deterministic device, the whole run) does not depend on the clock;
+    when it is fewer, the decay aims at that projected end, so a run that a slower machine cuts
+    short still anneals fully instead of stopping at a high learning rate.
     """
     if step < warmup:
         return (step + 1) / warmup
-    progress = min(1.0, max((step - warmup) / max(1, total - warmup), spent))
+    end = total
+    if spent > 0:
+        end = min(total, step / spent)  # the step the budget is projected to run out at
+    progress = 1.0 if spent >= 1 else min(1.0, (step - warmup) / max(1.0, end - warmup))
     return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress))
 
 

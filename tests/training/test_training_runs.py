@@ -79,11 +79,22 @@ def test_lr_factor_warms_up_linearly_then_decays_to_five_percent():
     assert lr_factor(0, 0, total) == pytest.approx(1.0)
 
 
-def test_a_time_budget_anneals_the_learning_rate_by_whichever_runs_out_first():
+def test_a_time_budget_that_outlasts_the_steps_leaves_the_schedule_to_the_steps():
     warmup, total = 10, 100
-    assert lr_factor(20, warmup, total, spent=0.5) == pytest.approx(0.05 + 0.95 * 0.5)  # time is ahead of steps
-    assert lr_factor(55, warmup, total, spent=0.1) == pytest.approx(0.05 + 0.95 * 0.5)  # steps are ahead of time
-    assert lr_factor(20, warmup, total, spent=1.0) == pytest.approx(0.05)
+    # At step 50 with 40% of the budget spent, the budget lasts 125 steps: more than the run needs,
+    # so the clock changes nothing (a rerun on a machine this fast follows the same schedule).
+    for step, spent in [(50, 0.4), (10, 0.05), (99, 0.98), (55, 0.1)]:
+        assert step / spent >= total
+        assert lr_factor(step, warmup, total, spent=spent) == lr_factor(step, warmup, total)
+
+
+def test_a_time_budget_that_ends_the_run_early_anneals_towards_its_projected_end():
+    warmup, total = 10, 100
+    # Half the budget spent by step 20: the run is projected to end at step 40, a third of its decay done.
+    assert lr_factor(20, warmup, total, spent=0.5) == pytest.approx(0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi / 3)))
+    assert lr_factor(20, warmup, total, spent=0.5) < lr_factor(20, warmup, total)
+    assert lr_factor(20, warmup, total, spent=1.0) == pytest.approx(0.05)  # spent: the floor
+    assert lr_factor(39, warmup, total, spent=39 / 40) == pytest.approx(0.05, abs=0.01)  # just before the end
     assert lr_factor(5, warmup, total, spent=0.9) == pytest.approx(0.6)  # warm-up is by steps only
 
 
