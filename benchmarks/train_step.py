@@ -38,7 +38,7 @@ def time_training_steps(rounds: int, steps: int) -> dict[str, list[float]]:
         for name in times:
             trainer.set_mixed_precision(name.startswith("bfloat16"))  # the run's choice of attention
             if name == "bfloat16, fused attention":
-                trainer.model.backbone.use_fused_attention(True)
+                trainer.explicit_attention = False
             for _ in range(steps):
                 batch = next(batches)
                 started = time.perf_counter()

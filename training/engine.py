@@ -77,7 +77,8 @@ def fast_bfloat16(device: torch.device) -> bool:
     with AVX512-BF16 or AMX (there a bf16 matmul of the tiny preset's ViT MLP runs ~3x faster than
     float32; on other CPUs bf16 is emulated and slower)."""
     if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
+        with torch.cuda.device(device):
+            return torch.cuda.is_bf16_supported(including_emulation=False)
     if device.type == "cpu":
         probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # private, present since torch 2.3
         return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
@@ -149,6 +150,7 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self.train_seconds = 0.0
         self.spent = 0.0  # fraction of the time budget used (see budget_spent)
+        self.clock_from_step: int | None = None  # first step whose learning rate the time budget set
         self.images_seen = 0
         self._last_val: tuple[int, dict] | None = None  # (step, results) of the latest val evaluation
         self.wrapped: torch.nn.Module = ModelWithLoss(self.model, self.criterion)
@@ -159,10 +161,11 @@ class Trainer:
 
     def set_mixed_precision(self, enabled: bool) -> None:
         """bfloat16 autocast of the training forward pass (True) or float32. On CPU, bfloat16 also
-        switches the ViT to explicit attention: PyTorch's fused CPU attention is slower in bfloat16
-        (measured with ``python -m benchmarks.train_step``: a tiny-preset step takes ~12 % longer)."""
+        runs the ViT's attention explicitly in the training forward pass: PyTorch's fused CPU attention
+        is slower in bfloat16 (``python -m benchmarks.train_step``: a tiny-preset step ~10 % slower).
+        Evaluation and inference keep timm's fused attention."""
         self.mixed_precision = enabled
-        self.model.backbone.use_fused_attention(not (enabled and self.device.type == "cpu"))
+        self.explicit_attention = enabled and self.device.type == "cpu"  # in the training forward only
         logger.info("mixed precision: %s", "bfloat16 autocast" if enabled else "off (float32)")
 
     # ---- checkpoints ----------------------------------------------------------------------------
@@ -176,6 +179,7 @@ class Trainer:
         torch.save({"step": self.step, "optimizer": self.optimizer.state_dict(),
                     "gradnorm": self.gradnorm.state_dict(), "history": self.history,
                     "train_seconds": self.train_seconds, "images_seen": self.images_seen,
+                    "clock_from_step": self.clock_from_step,
                     "phrase_bank": None if self.criterion.phrase_bank is None else self.criterion.phrase_bank.state_dict(),
                     "text_config": self.model.config.text_config}, staging / STATE_FILE)
         final = self.output / "last"
@@ -206,6 +210,7 @@ class Trainer:
         self.gradnorm.load_state_dict(state["gradnorm"])
         self.step, self.history = state["step"], state["history"]
         self.train_seconds, self.images_seen = state["train_seconds"], state["images_seen"]
+        self.clock_from_step = state.get("clock_from_step")
         if self.criterion.phrase_bank is not None and state.get("phrase_bank"):
             self.criterion.phrase_bank.load_state_dict(state["phrase_bank"])
         logger.info("resumed from %s at step %d", state_dir, self.step)
@@ -219,10 +224,17 @@ class Trainer:
         extra, pairs = build_denoising_queries([t.boxes for t in targets], config.denoising_groups, config.box_noise)
         if extra is not None:
             extra = extra.to(self.device)
+        warmup, steps = config.optim.warmup_steps, config.optim.steps
+        factor = lr_factor(self.step, warmup, steps, self.spent)
+        if self.clock_from_step is None and factor != lr_factor(self.step, warmup, steps):
+            self.clock_from_step = self.step
+            logger.warning("from step %d the time budget sets the learning rate: at this speed it ends the run near "
+                           "step %d of %d, so the schedule depends on the machine's speed", self.step,
+                           self.step / self.spent, steps)
         for group in self.optimizer.param_groups:
-            group["lr"] = group["base_lr"] * lr_factor(self.step, config.optim.warmup_steps, config.optim.steps,
-                                                       self.spent)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.mixed_precision):
+            group["lr"] = group["base_lr"] * factor
+        with (torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.mixed_precision),
+              self.model.backbone.explicit_attention(self.explicit_attention)):
             terms = self.wrapped(images, targets, extra, max(1, config.denoising_groups), pairs)
         tasks = task_losses(terms, config.loss)
         diagnostics: dict[str, float] = {}
@@ -306,6 +318,7 @@ class Trainer:
         result = self.record_evaluation("test", score_threshold=threshold)
         summary = {"steps": self.step, "train_seconds": self.train_seconds, "images_seen": self.images_seen,
                    "images_per_second": self.images_seen / max(self.train_seconds, 1e-9),
+                   "lr_schedule_clock_from_step": self.clock_from_step,  # None: set by steps alone
                    "checkpoint": str(final), "test": result, "curve": self.history}
         if distributed.rank() == 0:
             (self.output / "metrics.json").write_text(json.dumps(summary, indent=2, default=float))

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -66,13 +68,21 @@ class ViTBackbone(nn.Module):
             self.vit.patch_embed.proj = conv_stem(self.num_channels, self.patch_size, config.conv_stem_blocks)
         logger.info("backbone %s: %d channels, %dx%d grid", config.backbone, self.num_channels, self.grid, self.grid)
 
-    def use_fused_attention(self, enabled: bool) -> None:
-        """Run the ViT's attention through ``F.scaled_dot_product_attention`` (True, timm's default) or
-        as explicit matrix products and softmax (False). The result is the same; which is faster
-        depends on the device and precision (``benchmarks.train_step`` times both)."""
-        for module in self.vit.modules():
-            if hasattr(module, "fused_attn"):
-                module.fused_attn = enabled
+    @contextlib.contextmanager
+    def explicit_attention(self, enabled: bool = True) -> Iterator[None]:
+        """Within the block (when ``enabled``), the ViT computes attention as explicit matrix products
+        and softmax instead of ``F.scaled_dot_product_attention``; timm's own choice is restored after.
+        The result is the same; which is faster depends on the device and precision
+        (``python -m benchmarks.train_step`` times both in bfloat16 on CPU)."""
+        modules = [m for m in self.vit.modules() if hasattr(m, "fused_attn")] if enabled else []
+        before = [m.fused_attn for m in modules]
+        for module in modules:
+            module.fused_attn = False
+        try:
+            yield
+        finally:
+            for module, fused in zip(modules, before):
+                module.fused_attn = fused
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if self.channels_last:

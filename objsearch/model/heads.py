@@ -11,6 +11,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchvision.ops import roi_align
 
 from objsearch.model.roi import roi_align_grid
 from objsearch.model.transformer import MLP, sine_encoding
@@ -28,9 +29,11 @@ class EmbeddingHead(nn.Module):
     RoIAlign-pooled feature-map content inside the predicted box, and a sine encoding of the box.
     """
 
-    def __init__(self, dim: int, feature_channels: int, embed_dim: int, roi_size: int) -> None:
+    def __init__(self, dim: int, feature_channels: int, embed_dim: int, roi_size: int,
+                 sampling_ratio: int = 2) -> None:
         super().__init__()
         self.roi_size = roi_size
+        self.sampling_ratio = sampling_ratio
         self.roi_proj = nn.Linear(feature_channels * roi_size * roi_size, dim)
         self.box_proj = nn.Linear(4 * (dim // 4), dim)
         self.mlp = MLP(3 * dim, 2 * dim, embed_dim, 2)
@@ -40,10 +43,20 @@ class EmbeddingHead(nn.Module):
         batch, queries, _ = features.shape
         grid = feature_map.shape[-1]
         xyxy = cxcywh_to_xyxy(boxes.detach()).clamp(0, 1) * grid  # feature-map cells
-        rois = roi_align_grid(feature_map, xyxy, self.roi_size)  # (B*Q, C, R, R)
+        rois = self.pool(feature_map, xyxy)  # (B*Q, C, R, R)
         pooled = self.roi_proj(rois.flatten(1)).view(batch, queries, self.dim)
         position = self.box_proj(sine_encoding(boxes.detach(), self.dim // 4))
         return F.normalize(self.mlp(torch.cat([features, pooled, position], dim=-1)), dim=-1)
+
+
+    def pool(self, feature_map: torch.Tensor, boxes_xyxy: torch.Tensor) -> torch.Tensor:
+        """RoIAlign of (B, Q, 4) boxes in feature-map cells -> (B*Q, C, R, R). Both branches compute the
+        same function: on CPU one batched grid_sample (faster there), elsewhere torchvision's kernel
+        (which does not hold every sample in memory, as the grid_sample version does)."""
+        if feature_map.device.type == "cpu":
+            return roi_align_grid(feature_map, boxes_xyxy, self.roi_size, self.sampling_ratio)
+        return roi_align(feature_map, list(boxes_xyxy.unbind(0)), output_size=self.roi_size, aligned=True,
+                         sampling_ratio=self.sampling_ratio)
 
 
 class MaskHead(nn.Module):

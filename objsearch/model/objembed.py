@@ -83,7 +83,7 @@ class ObjEmbed(nn.Module):
         self.proposal_objectness = nn.Linear(dim, 1)
         nn.init.constant_(self.proposal_objectness.bias, -math.log((1 - 0.01) / 0.01))
         self.quality = nn.Linear(dim, 1)
-        self.embedding_head = EmbeddingHead(dim, channels, config.embed_dim, config.roi_size)
+        self.embedding_head = EmbeddingHead(dim, channels, config.embed_dim, config.roi_size, config.roi_sampling_ratio)
         self.mask_head = MaskHead(dim, channels, config.mask_size)
         self.classifier = nn.Linear(config.embed_dim, len(config.categories)) if config.categories else None
         self.text = TextEncoder(config, tokenizer_dir)

@@ -1,4 +1,4 @@
-"""The embedding head's RoIAlign (one grid_sample per image) against torchvision's RoIAlign."""
+"""The embedding head's RoIAlign (one grid_sample for the whole batch) against torchvision's RoIAlign."""
 
 from __future__ import annotations
 
