@@ -48,7 +48,6 @@ class EmbeddingHead(nn.Module):
         position = self.box_proj(sine_encoding(boxes.detach(), self.dim // 4))
         return F.normalize(self.mlp(torch.cat([features, pooled, position], dim=-1)), dim=-1)
 
-
     def pool(self, feature_map: torch.Tensor, boxes_xyxy: torch.Tensor) -> torch.Tensor:
         """RoIAlign of (B, Q, 4) boxes in feature-map cells -> (B*Q, C, R, R). Both branches compute the
         same function: on CPU one batched grid_sample (faster there), elsewhere torchvision's kernel
