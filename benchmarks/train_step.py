@@ -86,8 +86,10 @@ def main() -> None:
     if min(args.rounds, args.steps, args.roi_repeats) < 1:
         parser.error("--rounds, --steps and --roi-repeats must be >= 1")
 
+    from training.engine import fast_bfloat16
+
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"AVX512-BF16 {torch.cpu._is_avx512_bf16_supported()}, AMX {torch.cpu._is_amx_tile_supported()}")
+          f"native bfloat16 on this CPU: {fast_bfloat16(torch.device('cpu'))}")
     roi = time_roi_align(args.roi_repeats)
     baseline = _median_ms(next(iter(roi.values())))
     print(f"\nRoIAlign forward + backward, median of {args.roi_repeats}:")

@@ -30,7 +30,7 @@ class EmbeddingHead(nn.Module):
     """
 
     def __init__(self, dim: int, feature_channels: int, embed_dim: int, roi_size: int,
-                 sampling_ratio: int = 2) -> None:
+                 sampling_ratio: int) -> None:
         super().__init__()
         self.roi_size = roi_size
         self.sampling_ratio = sampling_ratio
