@@ -71,6 +71,9 @@ class DataConfig:
     #: LVIS repeat-factor sampling: an image whose rarest category is in a fraction f < t of the
     #: images is drawn max(1, sqrt(t / f)) times as often (sources that list their images' categories). 0: off.
     repeat_factor_threshold: float = 0.0
+    #: Chance that a training image is mirrored left to right (boxes, masks, and "left"/"right" in its
+    #: phrases and caption with it; see training/data/augment.py), as DETR-family detectors train. 0: off.
+    flip_probability: float = 0.5
 
 
 @dataclass
@@ -193,4 +196,6 @@ def load_config(preset_file: str | Path | None = None, overrides: Sequence[str] 
                               ("data.repeat_factor_threshold", config.data.repeat_factor_threshold, 0)):
         if value < least:
             raise ValueError(f"{key} must be >= {least}, got {value}")
+    if not 0 <= config.data.flip_probability <= 1:
+        raise ValueError(f"data.flip_probability must be in [0, 1], got {config.data.flip_probability}")
     return config

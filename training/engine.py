@@ -21,6 +21,7 @@ from objsearch.model.objembed import ObjEmbed
 from training import distributed
 from training.config import TrainConfig
 from training.criterion import SetCriterion, task_losses
+from training.data.augment import FlipBatchSampler, FlippingDataset
 from training.data.collate import Collator
 from training.data.mixing import MixedBatchSampler, MixedDataset
 from training.data.repeat_factors import image_repeat_factors
@@ -264,8 +265,13 @@ class Trainer:
                                     num_batches=self.config.optim.steps - self.step, seed=self.config.seed,
                                     rank=distributed.rank(), world_size=distributed.world_size(),
                                     repeat_factors=self.repeat_factors())
+        dataset = mixed
+        if self.config.data.flip_probability > 0:
+            sampler = FlipBatchSampler(sampler, self.config.data.flip_probability, seed=self.config.seed,
+                                       rank=distributed.rank())
+            dataset = FlippingDataset(mixed)
         sampler.set_epoch(self.step)  # a resumed run draws a fresh stream rather than replaying
-        return torch.utils.data.DataLoader(mixed, batch_sampler=sampler, collate_fn=self.collate,
+        return torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=self.collate,
                                            num_workers=self.config.data.workers)
 
     def repeat_factors(self) -> dict[str, np.ndarray]:

@@ -52,6 +52,7 @@ def read_config(directory: str | Path) -> ObjEmbedConfig:
     if payload.pop("model_type", None) != MODEL_TYPE:
         raise UnknownModel(f"{path} is not an ObjEmbed checkpoint (model_type != {MODEL_TYPE!r})")
     payload.pop("training", None)
+    payload.setdefault("mask_pooling", False)  # written before the embedding head pooled under masks
     return ObjEmbedConfig.from_dict(payload)
 
 

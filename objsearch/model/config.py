@@ -39,6 +39,7 @@ class ObjEmbedConfig:
     embed_dim: int = 512  # the object embedding stored in the index
     roi_size: int = 4  # RoIAlign output side for the embedding head
     roi_sampling_ratio: int = 2  # RoIAlign samples per output cell along each axis (Mask R-CNN's 2 x 2)
+    mask_pooling: bool = True  # the embedding also averages the features under the query's predicted mask
     mask_size: int = 32  # side of the mask logits grid over the whole (square) input
     caption_layers: int = 2  # autoregressive caption decoder depth
     caption_max_length: int = 16  # tokens generated per caption

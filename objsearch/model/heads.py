@@ -23,30 +23,41 @@ def cxcywh_to_xyxy(boxes: torch.Tensor) -> torch.Tensor:
 
 
 class EmbeddingHead(nn.Module):
-    """query features (B, Q, D) + boxes (B, Q, 4) + feature map (B, C, H, W) -> (B, Q, E) L2-normalised.
+    """query features (B, Q, D) + boxes (B, Q, 4) + feature map (B, C, H, W) [+ mask logits (B, Q, M, M)]
+    -> (B, Q, E) L2-normalised.
 
-    Mixes three views of an object, as the published ObjEmbed does: the decoder's query feature, the
+    Mixes views of an object, as the published ObjEmbed does: the decoder's query feature, the
     RoIAlign-pooled feature-map content inside the predicted box, and a sine encoding of the box.
+    With ``mask_pooling``, a fourth view: the feature map averaged under the query's own predicted
+    mask (the mask head's sigmoid, area-resized to the feature grid, gradient stopped), i.e. the
+    object's visible pixels without the occluders and background its box also holds (the mask
+    pooling of open-vocabulary segmenters such as FC-CLIP).
     """
 
     def __init__(self, dim: int, feature_channels: int, embed_dim: int, roi_size: int,
-                 sampling_ratio: int) -> None:
+                 sampling_ratio: int, mask_pooling: bool = False) -> None:
         super().__init__()
         self.roi_size = roi_size
         self.sampling_ratio = sampling_ratio
         self.roi_proj = nn.Linear(feature_channels * roi_size * roi_size, dim)
         self.box_proj = nn.Linear(4 * (dim // 4), dim)
-        self.mlp = MLP(3 * dim, 2 * dim, embed_dim, 2)
+        self.mask_proj = nn.Linear(feature_channels, dim) if mask_pooling else None
+        self.mlp = MLP((4 if mask_pooling else 3) * dim, 2 * dim, embed_dim, 2)
         self.dim = dim
 
-    def forward(self, features: torch.Tensor, boxes: torch.Tensor, feature_map: torch.Tensor) -> torch.Tensor:
+    def forward(self, features: torch.Tensor, boxes: torch.Tensor, feature_map: torch.Tensor,
+                mask_logits: torch.Tensor | None = None) -> torch.Tensor:
         batch, queries, _ = features.shape
         grid = feature_map.shape[-1]
         xyxy = cxcywh_to_xyxy(boxes.detach()).clamp(0, 1) * grid  # feature-map cells
         rois = self.pool(feature_map, xyxy)  # (B*Q, C, R, R)
-        pooled = self.roi_proj(rois.flatten(1)).view(batch, queries, self.dim)
-        position = self.box_proj(sine_encoding(boxes.detach(), self.dim // 4))
-        return F.normalize(self.mlp(torch.cat([features, pooled, position], dim=-1)), dim=-1)
+        views = [features, self.roi_proj(rois.flatten(1)).view(batch, queries, self.dim),
+                 self.box_proj(sine_encoding(boxes.detach(), self.dim // 4))]
+        if self.mask_proj is not None:
+            if mask_logits is None:
+                raise ValueError("this embedding head pools under the predicted masks: pass mask_logits")
+            views.append(self.mask_proj(mask_pool(feature_map, mask_logits.detach())))
+        return F.normalize(self.mlp(torch.cat(views, dim=-1)), dim=-1)
 
     def pool(self, feature_map: torch.Tensor, boxes_xyxy: torch.Tensor) -> torch.Tensor:
         """RoIAlign of (B, Q, 4) boxes in feature-map cells -> (B*Q, C, R, R). Both branches compute the
@@ -56,6 +67,18 @@ class EmbeddingHead(nn.Module):
             return roi_align_grid(feature_map, boxes_xyxy, self.roi_size, self.sampling_ratio)
         return roi_align(feature_map, list(boxes_xyxy.unbind(0)), output_size=self.roi_size, aligned=True,
                          sampling_ratio=self.sampling_ratio)
+
+
+def mask_pool(feature_map: torch.Tensor, mask_logits: torch.Tensor) -> torch.Tensor:
+    """The feature map averaged under each query's soft mask: (B, C, H, W) features and (B, Q, M, M)
+    mask logits over the same square input -> (B, Q, C). The mask probabilities are area-resized to
+    H x W and normalised to sum to 1 per query (a query with an all-zero mask gets zeros)."""
+    height, width = feature_map.shape[-2:]
+    batch, queries = mask_logits.shape[:2]
+    weights = F.interpolate(mask_logits.flatten(0, 1)[:, None].float().sigmoid(), size=(height, width), mode="area")
+    weights = weights.view(batch, queries, height * width)
+    weights = weights / weights.sum(-1, keepdim=True).clamp(min=1e-6)
+    return torch.einsum("bqn,bcn->bqc", weights.to(feature_map.dtype), feature_map.flatten(2))
 
 
 class MaskHead(nn.Module):

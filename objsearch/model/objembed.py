@@ -83,7 +83,8 @@ class ObjEmbed(nn.Module):
         self.proposal_objectness = nn.Linear(dim, 1)
         nn.init.constant_(self.proposal_objectness.bias, -math.log((1 - 0.01) / 0.01))
         self.quality = nn.Linear(dim, 1)
-        self.embedding_head = EmbeddingHead(dim, channels, config.embed_dim, config.roi_size, config.roi_sampling_ratio)
+        self.embedding_head = EmbeddingHead(dim, channels, config.embed_dim, config.roi_size, config.roi_sampling_ratio,
+                                            mask_pooling=config.mask_pooling)
         self.mask_head = MaskHead(dim, channels, config.mask_size)
         self.classifier = nn.Linear(config.embed_dim, len(config.categories)) if config.categories else None
         self.text = TextEncoder(config, tokenizer_dir)
@@ -144,13 +145,14 @@ class ObjEmbed(nn.Module):
 
     def _heads(self, features: torch.Tensor, boxes: torch.Tensor, feature_map: torch.Tensor) -> dict:
         last, last_boxes = features[-1], boxes[-1]
-        embeddings = self.embedding_head(last, last_boxes, feature_map)
+        mask_logits = self.mask_head(last, feature_map)
+        embeddings = self.embedding_head(last, last_boxes, feature_map, mask_logits)
         outputs = {
             "boxes": boxes,
             "objectness": self.objectness(features).squeeze(-1),
             "quality": self.quality(last).squeeze(-1),
             "embeddings": embeddings,
-            "mask_logits": self.mask_head(last, feature_map),
+            "mask_logits": mask_logits,
         }
         if self.classifier is not None:
             outputs["class_logits"] = self.classify(embeddings)

@@ -214,13 +214,32 @@ def test_repeat_factor_sampling_reaches_the_sampler_for_sources_that_list_catego
 
     arguments = tiny_run_arguments(tmp_path, steps=2)
     plain = Trainer(load_config(None, arguments))
-    assert plain.repeat_factors() == {} and plain.loader().batch_sampler.repeat_factors == {}
+    # The loader's batch sampler is the mixing sampler wrapped by the flip sampler.
+    assert plain.repeat_factors() == {} and plain.loader().batch_sampler.batches.repeat_factors == {}
     trainer = Trainer(load_config(None, arguments + ["--data.repeat_factor_threshold", "0.9"]))
-    factors = trainer.loader().batch_sampler.repeat_factors
+    factors = trainer.loader().batch_sampler.batches.repeat_factors
     # The detection source lists its images' categories; the referring-expression source does not.
     assert set(factors) == {"synthetic"} and len(factors["synthetic"]) == 12
     # With t = 0.9 every category seen in fewer than 90% of the 12 images is repeated.
     assert factors["synthetic"].max() > 1.0 and factors["synthetic"].min() >= 1.0
+
+
+def test_flip_probability_one_mirrors_every_training_image(tmp_path):
+    from training.engine import Trainer
+
+    arguments = tiny_run_arguments(tmp_path, steps=2)
+    plain = next(iter(Trainer(load_config(None, arguments + ["--data.flip_probability", "0"])).loader()))
+    flipped = next(iter(Trainer(load_config(None, arguments + ["--data.flip_probability", "1"])).loader()))
+    assert [t.image_id for t in flipped["targets"]] == [t.image_id for t in plain["targets"]]
+    for a, b, image_a, image_b in zip(plain["targets"], flipped["targets"], plain["images"], flipped["images"]):
+        # The synthetic images are square, so the letterboxed input is the whole image, mirrored.
+        torch.testing.assert_close(image_b.float(), image_a.float().flip(-1), atol=1, rtol=0)
+        torch.testing.assert_close(b.boxes[:, 0], 1 - a.boxes[:, 0])  # cx mirrored; cy, w, h kept
+        torch.testing.assert_close(b.boxes[:, 1:], a.boxes[:, 1:])
+        if a.masks is not None:
+            torch.testing.assert_close(b.masks, a.masks.flip(-1))
+        swapped = [p.replace("left", "@").replace("right", "left").replace("@", "right") for p in a.phrases]
+        assert b.phrases == swapped
 
 
 def test_mixed_precision_runs_the_forward_in_bfloat16_and_keeps_float32_weights(tmp_path):
