@@ -35,7 +35,7 @@ class EmbeddingHead(nn.Module):
     """
 
     def __init__(self, dim: int, feature_channels: int, embed_dim: int, roi_size: int,
-                 sampling_ratio: int, mask_pooling: bool = False) -> None:
+                 sampling_ratio: int, mask_pooling: bool) -> None:
         super().__init__()
         self.roi_size = roi_size
         self.sampling_ratio = sampling_ratio
