@@ -20,6 +20,7 @@ from training.data.collate import Target
 from training.matcher import HungarianMatcher
 from training.ohem import ohem_weights
 from training.phrase_bank import PhraseBank
+from training.phrase_relations import overlapping
 
 
 @dataclass
@@ -137,7 +138,9 @@ class SetCriterion:
     def align_term(self, objects: MatchedObjects, targets: list[Target]) -> torch.Tensor | None:
         """Symmetric InfoNCE between object embeddings and their phrases. Negatives are every other
         phrase of the batch (in-batch, from other images too; gathered from all ranks under DDP).
-        Identical phrases are merged into one column, so two "red star"s are never each other's negatives.
+        Identical phrases are merged into one column, so two "red star"s are never each other's negatives,
+        and overlapping phrases ("a red star", "a small red star"; see training.phrase_relations) are
+        ignored in both directions: they may describe the same object.
         With a phrase bank, each object is also scored against the recent phrases of its own source
         (object-to-text only): cross-batch negatives the batch is too small to hold."""
         keep = [i for i in range(len(objects.image_index))
@@ -163,6 +166,8 @@ class SetCriterion:
             bank_source = torch.as_tensor([source_ids[s] for s in bank_sources], device=logits.device)
             foreign = object_source[:, None] != bank_source[None, :]  # (N, M)
             logits = torch.cat([logits[:, :len(vocabulary)], logits[:, len(vocabulary):].masked_fill(foreign, -1e4)], 1)
+        ambiguous = torch.as_tensor(overlapping(vocabulary, vocabulary + bank), device=logits.device)[column]  # (N, P + M)
+        logits = logits.masked_fill(ambiguous, -1e4)
         object_to_text = F.cross_entropy(logits, column)
         logits = logits[:, :len(vocabulary)]
         positives = column[:, None] == torch.arange(len(vocabulary), device=column.device)[None, :]  # (N, P)
@@ -237,13 +242,15 @@ class SetCriterion:
         return {"mask_bce": F.binary_cross_entropy_with_logits(logits, gold), "mask_dice": dice.mean()}
 
     def caption_term(self, objects: MatchedObjects, targets: list[Target]) -> torch.Tensor | None:
-        """Token cross-entropy of describing each detected object (its phrase) from its embedding."""
+        """Token cross-entropy of describing each detected object from its embedding: the target's
+        ``object_captions`` when it has them, else its phrases."""
         keep = [i for i in range(len(objects.image_index))
                 if not objects.from_denoising[i] and "detection" in targets[objects.image_index[i]].tasks
                 and targets[objects.image_index[i]].phrases]
         if not keep:
             return None
-        phrases = [targets[objects.image_index[i]].phrases[objects.object_index[i]] for i in keep]
+        phrases = [(targets[objects.image_index[i]].object_captions or targets[objects.image_index[i]].phrases)
+                   [objects.object_index[i]] for i in keep]
         tokenizer = self.model.text.tokenizer
         max_len = self.model.config.caption_max_length + 1
         ids = tokenizer(phrases, padding=True, truncation=True, max_length=max_len, return_tensors="pt")["input_ids"]

@@ -34,11 +34,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
+    from training.data.synthetic import SyntheticSetConflict
     from training.engine import ResumeMismatch, Trainer, headline
 
     try:
         summary = Trainer(config).fit()
-    except ResumeMismatch as exc:
+    except (ResumeMismatch, SyntheticSetConflict) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if summary.get("test"):

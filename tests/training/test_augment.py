@@ -39,7 +39,7 @@ def _sample() -> Sample:
     return Sample(image=Image.fromarray(pixels), image_id=1, source="synthetic", tasks=("detection", "mask", "grounding"),
                   boxes_xyxy=np.array([[1, 1, 4, 4], [7, 2, 9, 6]], np.float32), category_ids=np.array([0, 1]),
                   masks=masks, phrases=["the red square left of the blue bar", "the blue bar"],
-                  caption="from left to right: a red square and a blue bar")
+                  object_captions=["a red square on the left", "a blue bar"], caption="from left to right: a red square and a blue bar")
 
 
 def _mask_box(mask: np.ndarray) -> list[float]:
@@ -58,6 +58,7 @@ def test_horizontal_flip_mirrors_pixels_boxes_masks_and_words():
         assert _mask_box(mask) == box.tolist()
     assert flipped.masks[0][pixels[..., 0] == 255].all()  # each mask still covers its own pixels
     assert flipped.phrases == ["the red square right of the blue bar", "the blue bar"]
+    assert flipped.object_captions == ["a red square on the right", "a blue bar"]
     assert flipped.caption == "from right to left: a red square and a blue bar"
     # The input is untouched, and a second flip restores it exactly.
     np.testing.assert_array_equal(sample.boxes_xyxy, [[1, 1, 4, 4], [7, 2, 9, 6]])
@@ -66,6 +67,7 @@ def test_horizontal_flip_mirrors_pixels_boxes_masks_and_words():
     np.testing.assert_array_equal(back.boxes_xyxy, sample.boxes_xyxy)
     np.testing.assert_array_equal(back.masks, sample.masks)
     assert back.phrases == sample.phrases and back.caption == sample.caption
+    assert back.object_captions == sample.object_captions
 
 
 def test_horizontal_flip_of_a_sample_without_objects_or_masks():

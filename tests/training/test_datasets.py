@@ -7,6 +7,7 @@ import json
 import pickle
 import struct
 import tarfile
+from collections import Counter
 from pathlib import Path
 from typing import ClassVar
 
@@ -168,6 +169,25 @@ def test_coco_random_caption_is_seeded(coco):
         seen.add(caption)
     assert seen == {"A dog next to a person.", "Someone walks a small dog."}
 
+
+
+def test_coco_alternative_phrases_are_drawn_and_the_caption_stays_the_caption_target(coco):
+    images, instances, _ = coco
+    data = json.loads(instances.read_text())
+    data["annotations"][0]["phrases"] = ["a brown dog", "a dog"]  # beside its caption "a small brown dog"
+    instances.write_text(json.dumps(data))
+    dataset = CocoDetection(images, instances, seed=3)
+    drawn = Counter()
+    for epoch in range(60):
+        dataset.set_epoch(epoch)
+        sample = dataset[0]
+        assert dataset[0].phrases == sample.phrases, "the same (seed, epoch, index) draws the same phrases"
+        assert sample.phrases[1] == "person", "an object without alternatives keeps its phrase"
+        assert sample.object_captions == ["a small brown dog", "person"]
+        drawn[sample.phrases[0]] += 1
+    assert set(drawn) == {"a small brown dog", "a brown dog", "a dog"} and min(drawn.values()) >= 10, drawn
+    untouched = dataset[1]  # no annotation of this image lists alternatives
+    assert untouched.phrases == ["toothbrush", "dog"] and untouched.object_captions == []
 
 # ------------------------------------------------------------------------------------------ LVIS
 @pytest.fixture

@@ -147,6 +147,7 @@ def test_captions_name_the_annotated_objects(small_set):
         for ann in instances["annotations"]:
             size, colour, shape = re.fullmatch(r"a (\w+) (\w+) (\w+)", ann["caption"]).groups()
             assert (size, colour, shape) == (ann["size"], ann["colour"], SHAPES[ann["category_id"] - 1])
+            assert ann["phrases"] == [f"a {colour} {shape}"], "the size-free description people search with"
             assert ann["caption"] in per_image[ann["image_id"]][0]
             if len(per_image[ann["image_id"]]) == 2:  # the left-to-right caption, for 2+ objects
                 assert per_image[ann["image_id"]][1].startswith("from left to right: ")

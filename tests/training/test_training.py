@@ -151,6 +151,19 @@ def test_caption_loss_is_the_token_cross_entropy_of_the_full_logits(model):
     assert criterion.caption_term(objects, targets).item() == pytest.approx(expected.item(), rel=1e-5)
 
 
+def test_the_caption_head_learns_the_object_captions_when_a_target_has_them(model):
+    phrases, captions = ["a red star", "a blue ring"], ["a small red star", "a large blue ring"]
+    drawn = dataclasses.replace(make_target(random_boxes(2, 33), phrases, SYNTHETIC_TASKS), object_captions=captions)
+    full = make_target(random_boxes(2, 33), captions, SYNTHETIC_TASKS)
+    outputs = fake_outputs(model, [drawn])
+    criterion = criterion_for(model, tasks=("detection", "caption"))
+    pairs = [(torch.arange(2), torch.arange(2))]
+    objects = criterion.matched_objects(outputs, [drawn], pairs, no_denoising([drawn]))
+    with_captions = criterion.caption_term(objects, [drawn]).item()
+    assert with_captions == pytest.approx(criterion.caption_term(objects, [full]).item(), rel=1e-6)
+    assert with_captions != pytest.approx(criterion.caption_term(objects, [dataclasses.replace(drawn, object_captions=[])]).item())
+
+
 def test_a_grounding_only_sample_contributes_no_objectness(model):
     criterion = criterion_for(model)
     grounding = make_target(random_boxes(1, 40), ["the red star left of the blue ring"], ("grounding",))

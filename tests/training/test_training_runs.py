@@ -240,6 +240,21 @@ def test_flip_probability_one_mirrors_every_training_image(tmp_path):
             torch.testing.assert_close(b.masks, a.masks.flip(-1))
         swapped = [p.replace("left", "@").replace("right", "left").replace("@", "right") for p in a.phrases]
         assert b.phrases == swapped
+    synthetic = [t for t in plain["targets"] if t.source == "synthetic"]
+    assert synthetic and all(len(t.object_captions) == len(t.boxes) for t in synthetic), \
+        "the synthetic set's captions reach the caption head"
+
+
+def test_a_synthetic_directory_holding_another_set_is_refused_without_a_traceback(tmp_path, capsys):
+    from training.train import main
+
+    arguments = tiny_run_arguments(tmp_path, steps=1)
+    (tmp_path / "synthetic").mkdir()
+    (tmp_path / "synthetic" / "dataset.json").write_text(json.dumps({"generator_version": 1, "config": {}}))
+    assert main(arguments) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error:") and "holds a different synthetic set" in error
+    assert not (tmp_path / "run").exists()
 
 
 def test_mixed_precision_runs_the_forward_in_bfloat16_and_keeps_float32_weights(tmp_path):

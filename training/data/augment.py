@@ -46,7 +46,7 @@ def swap_left_right(text: str) -> str:
 
 def horizontal_flip(sample: Sample) -> Sample:
     """The sample mirrored left to right: image, boxes (x1, x2 = W - x2, W - x1), masks, and the
-    spatial words of its phrases and caption. The input is not modified."""
+    spatial words of its phrases, object captions and caption. The input is not modified."""
     width = sample.image.width
     boxes = sample.boxes_xyxy.copy()
     boxes[:, [0, 2]] = width - sample.boxes_xyxy[:, [2, 0]]
@@ -57,6 +57,7 @@ def horizontal_flip(sample: Sample) -> Sample:
         boxes_xyxy=boxes,
         masks=masks,
         phrases=[swap_left_right(p) for p in sample.phrases],
+        object_captions=[swap_left_right(p) for p in sample.object_captions],
         caption=None if sample.caption is None else swap_left_right(sample.caption),
     )
 

@@ -42,6 +42,9 @@ from training.data.sample import Sample
 
 log = logging.getLogger(__name__)
 
+#: Tag of the random stream that draws objects' phrases, apart from the one that draws image captions.
+_PHRASE_STREAM = 1
+
 PathLike = str | os.PathLike
 MIN_BOX_SIDE = 0.5
 """Pixels: a box whose width or height (after clipping to the image) is not above this is dropped."""
@@ -187,8 +190,11 @@ class CocoDetection:
 
     Sample fields: boxes in absolute xyxy pixels; ``category_ids`` contiguous indices into
     ``categories``; ``phrases`` the annotation's ``"caption"`` key when present, else the category
-    phrase; ``masks`` when ``with_masks`` and every kept object has a segmentation (else None and
-    no "mask" task); ``caption`` from ``captions_json`` when given and the image has one.
+    phrase. An annotation may also list further true descriptions of its object under ``"phrases"``
+    (``["a red star"]`` beside the caption "a small red star"); each access then draws the object's
+    phrase uniformly from the caption and those, seeded by ``(seed, epoch, index)``, and the
+    caption becomes the sample's ``object_captions`` entry (what the caption head learns).
+    ``masks`` when ``with_masks`` and every kept object has a segmentation (else None and no "mask" task); ``caption`` from ``captions_json`` when given and the image has one.
     ``caption_choice="first"`` takes the image's first caption in file order; ``"random"`` draws
     one per access from a generator seeded by ``(seed, epoch, index)`` (see :meth:`set_epoch`),
     so every DataLoader worker agrees and a rerun repeats.
@@ -265,6 +271,9 @@ class CocoDetection:
                 "category_ids": category_ids,
                 "phrases": [a.get("caption") or self.category_phrases[c] for a, c in zip(anns, category_ids)],
             }
+            alternatives = [list(a.get("phrases") or ()) for a in anns]
+            if any(alternatives):
+                record["alternative_phrases"] = alternatives
             if self.with_masks:
                 record["segmentations"] = [a.get("segmentation") for a in anns]
             if captions is not None:
@@ -293,6 +302,7 @@ class CocoDetection:
         image = load_annotated_image(self.image_dir, record["paths"], w, h)
         masks = decode_masks(record["segmentations"], h, w) if self.with_masks else None
         caption = self._pick_caption(record.get("captions") or [], i)
+        phrases, object_captions = self._pick_phrases(record, i)
         tasks = ("detection",) + (("mask",) if masks is not None else ()) + ("grounding",)
         tasks += (("caption",) if caption is not None else ()) + ("classification",)
         return Sample(
@@ -303,9 +313,21 @@ class CocoDetection:
             boxes_xyxy=record["boxes"],
             category_ids=record["category_ids"],
             masks=masks,
-            phrases=record["phrases"],
+            phrases=phrases,
+            object_captions=object_captions,
             caption=caption,
         )
+
+    def _pick_phrases(self, record: dict, i: int) -> tuple[list[str], list[str]]:
+        """(phrases, object captions): each object's phrase drawn from its caption and its alternative
+        phrases, and the captions; or the captions and [] when no object has alternatives."""
+        alternatives = record.get("alternative_phrases")
+        if alternatives is None:
+            return record["phrases"], []
+        rng = np.random.default_rng([self.seed, self.epoch, i % len(self), _PHRASE_STREAM])
+        drawn = [(caption, *others)[int(rng.integers(1 + len(others)))]
+                 for caption, others in zip(record["phrases"], alternatives)]
+        return drawn, list(record["phrases"])
 
     def _pick_caption(self, captions: list[str], i: int) -> str | None:
         if not captions:

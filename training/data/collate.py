@@ -20,6 +20,7 @@ class Target:
     labels:       (n,) int64 index into ``category_names`` (-1: unknown).
     masks:        (n, M, M) float32 in [0, 1] over the whole square input, or None.
     phrases:      n object descriptions (may be empty when the source has none).
+    object_captions: n caption-head targets, or empty (the phrases serve).
     category_names: the source's label set (zero-shot classification targets).
     tasks:        what this sample supervises (see training.data.sample.TASKS).
     scale:        model-input pixels per original pixel.
@@ -36,6 +37,7 @@ class Target:
     scale: float
     caption: str | None = None
     class_id: int | None = None
+    object_captions: list[str] = field(default_factory=list)
     extras: dict = field(default_factory=dict)
 
 
@@ -61,6 +63,7 @@ class Collator:
             labels=torch.as_tensor(sample.category_ids, dtype=torch.long),
             masks=masks,
             phrases=list(sample.phrases),
+            object_captions=list(sample.object_captions),
             category_names=self.category_names.get(sample.source, []),
             tasks=frozenset(sample.tasks),
             source=sample.source,

@@ -25,6 +25,9 @@ class Sample:
     masks:        (N, H, W) uint8 {0, 1} per object, or None when the source has no masks.
     phrases:      N strings describing each object ("a small red star", a referring expression,
                   or the category name when nothing better exists).
+    object_captions: N strings the caption head learns to say for each object, or empty: the
+                  phrases then serve (they differ when a loader draws each phrase from several
+                  descriptions, "a red star" or "a small red star", but captions the fullest).
     caption:      an image-level caption, or None.
     class_id:     image-level class index (ImageNet-style), or None.
     """
@@ -37,6 +40,7 @@ class Sample:
     category_ids: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.int64))
     masks: np.ndarray | None = None
     phrases: list[str] = field(default_factory=list)
+    object_captions: list[str] = field(default_factory=list)
     caption: str | None = None
     class_id: int | None = None
 
@@ -48,6 +52,8 @@ class Sample:
             raise ValueError(f"{n} boxes but {len(self.category_ids)} category ids")
         if self.phrases and len(self.phrases) != n:
             raise ValueError(f"{n} boxes but {len(self.phrases)} phrases")
+        if self.object_captions and len(self.object_captions) != n:
+            raise ValueError(f"{n} boxes but {len(self.object_captions)} object captions")
         if self.masks is not None and len(self.masks) != n:
             raise ValueError(f"{n} boxes but {len(self.masks)} masks")
         unknown = set(self.tasks) - set(TASKS)

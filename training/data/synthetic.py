@@ -3,7 +3,7 @@
 ``generate(out_dir, config)`` writes, per split ("train", "val", "test")::
 
     OUT/images/{split}/{image_id:06d}.png          RGB PNG, image_size x image_size
-    OUT/annotations/instances_{split}.json         COCO instances (+ "colour", "rgb", "size", "caption")
+    OUT/annotations/instances_{split}.json         COCO instances (+ "colour", "rgb", "size", "caption", "phrases")
     OUT/annotations/captions_{split}.json          COCO captions, 1-2 per image
     OUT/annotations/refs_{split}.json              RefCOCO-style referring expressions (list of refs)
     OUT/dataset.json                               config + counts; written last (marks a complete set)
@@ -12,6 +12,8 @@ Every object has one flat RGB colour (no anti-aliasing) and backgrounds are low-
 greys, so an object's visible mask is exactly the pixels of its colour. Image ``i`` of a split is
 drawn from its own RNG seeded by ``(seed, split, i)``: splits are independent of each other's sizes.
 Image, annotation, ref and sentence ids are unique across splits (train first, then val, test).
+An object's "caption" names size, colour and shape ("a small red star"); its "phrases" list the shorter
+true description people search with ("a red star"), which the training loader draws half the time.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from tqdm import tqdm
 log = logging.getLogger(__name__)
 
 #: Bumped whenever the output for a given config changes; part of the "same set?" check.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: annotations gained "phrases"
 SPLITS = ("train", "val", "test")
 #: Category names in category-id order (id = index + 1); also the long-tail order (first = most frequent).
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star", "ring", "cross", "heart", "crescent", "arrow", "semicircle", "hexagon", "hourglass")
@@ -255,7 +257,7 @@ def render_scene(rng: np.random.Generator, config: SyntheticConfig) -> Scene:
         rows, cols = np.flatnonzero(visible_mask.any(1)), np.flatnonzero(visible_mask.any(0))
         bbox = [int(cols[0]), int(rows[0]), int(cols[-1] - cols[0] + 1), int(rows[-1] - rows[0] + 1)]
         phrase = f"a {obj['size']} {obj['colour']} {obj['shape']}"
-        objects.append({**obj, "category_id": SHAPES.index(obj["shape"]) + 1, "mask": visible_mask, "bbox": bbox, "area": int(visible_mask.sum()), "caption": phrase})
+        objects.append({**obj, "category_id": SHAPES.index(obj["shape"]) + 1, "mask": visible_mask, "bbox": bbox, "area": int(visible_mask.sum()), "caption": phrase, "phrases": [f"a {obj['colour']} {obj['shape']}"]})
     return Scene(image, objects, background)
 
 
@@ -263,7 +265,7 @@ def render_image(rng: np.random.Generator, config: SyntheticConfig) -> tuple[np.
     """(image (H, W, 3) uint8, objects). Each object: "shape", "category_id" (1-based), "colour"
     (name), "rgb" (the exact pixel value), "size" (bin name), "length" (drawn longest side, px),
     "full_area" (px before occlusion), "mask" (H, W) bool visible pixels, "bbox" [x, y, w, h] of the
-    visible mask, "area" (visible px), "caption" ("a small red star")."""
+    visible mask, "area" (visible px), "caption" ("a small red star"), "phrases" (["a red star"])."""
     scene = render_scene(rng, config)
     return scene.image, scene.objects
 
@@ -376,7 +378,7 @@ def _render_split(out_dir: Path, split: str, config: SyntheticConfig, ids: dict[
             records["captions"].append({"id": ids["caption"], "image_id": image_id, "caption": caption})
         for position, obj in enumerate(scene.objects):
             ann_id = ids["annotation"] = ids["annotation"] + 1
-            keys = ("category_id", "bbox", "area", "colour", "size", "caption")
+            keys = ("category_id", "bbox", "area", "colour", "size", "caption", "phrases")
             records["annotations"].append({"id": ann_id, "image_id": image_id, "iscrowd": 0, "segmentation": _rle(obj["mask"]), **{k: obj[k] for k in keys}, "rgb": list(obj["rgb"])})
             expressions = referring_expressions(scene.objects, position, config.image_size)
             if not expressions:
