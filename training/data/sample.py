@@ -27,7 +27,7 @@ class Sample:
                   or the category name when nothing better exists).
     object_captions: N strings the caption head learns to say for each object, or empty: the
                   phrases then serve (they differ when a loader draws each phrase from several
-                  descriptions, "a red star" or "a small red star", but captions the fullest).
+                  descriptions, "a red star" or "a small red star", and keeps the fullest as the caption).
     caption:      an image-level caption, or None.
     class_id:     image-level class index (ImageNet-style), or None.
     """

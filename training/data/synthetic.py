@@ -13,7 +13,7 @@ greys, so an object's visible mask is exactly the pixels of its colour. Image ``
 drawn from its own RNG seeded by ``(seed, split, i)``: splits are independent of each other's sizes.
 Image, annotation, ref and sentence ids are unique across splits (train first, then val, test).
 An object's "caption" names size, colour and shape ("a small red star"); its "phrases" list the shorter
-true description people search with ("a red star"), which the training loader draws half the time.
+true description people search with ("a red star"); the training loader draws one of the two per object.
 """
 
 from __future__ import annotations
