@@ -3,13 +3,21 @@ the loss ignoring such pairs in both directions, in the batch and from the phras
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.training.test_model import model, one_thread  # noqa: F401  (shared fixtures)
-from tests.training.test_training import criterion_for, fake_outputs, make_target, no_denoising, random_boxes
+from tests.training.test_training import (
+    criterion_for,
+    fake_outputs,
+    make_target,
+    no_denoising,
+    random_boxes,
+)
 from training.phrase_bank import PhraseBank
 from training.phrase_relations import content_words, overlapping
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_content_words_ignore_case_articles_and_punctuation():

@@ -13,13 +13,7 @@ from training.gradnorm import GradNorm
 SCALE_A = 100.0  # task "a" is the same kind of regression as "b", 100x louder
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The toy tensors are tiny: extra threads only contend with each other on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # the toy tensors are tiny
 
 
 class TwoTaskToy:

@@ -11,7 +11,9 @@ import torch
 from objsearch.model.checkpoint import load_checkpoint, save_checkpoint
 from objsearch.model.heads import EmbeddingHead, mask_pool
 from objsearch.model.objembed import ObjEmbed
-from tests.training.test_model import one_thread, small_config  # noqa: F401  (autouse fixture)
+from tests.training.small_model import small_config
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_mask_pool_averages_the_features_under_a_hard_mask():

@@ -10,16 +10,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.training.test_model import (  # noqa: F401  (model, one_thread: shared fixtures)
-    CATEGORIES,
-    model,
-    one_thread,
-)
+from tests.training.small_model import CATEGORIES
 from training.config import TASK_TERMS, LossWeights
 from training.criterion import SetCriterion, task_losses
 from training.data.collate import Target
 from training.matcher import HungarianMatcher
 from training.phrase_bank import PhraseBank
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 ALL_TERMS = {"objectness", "box_l1", "giou", "quality", "align", "zeroshot", "mask_bce", "mask_dice", "caption", "classify"}
 SYNTHETIC_TASKS = frozenset({"detection", "mask", "grounding", "caption", "classification"})

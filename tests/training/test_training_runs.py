@@ -11,9 +11,11 @@ import math
 import pytest
 import torch
 
-from tests.training.test_model import SMALL_OVERRIDES, one_thread  # noqa: F401  (autouse fixture)
+from tests.training.small_model import SMALL_OVERRIDES
 from training.config import TrainConfig, load_config
 from training.engine import lr_factor
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 # ---------------------------------------------------------------------------------------- config
 
