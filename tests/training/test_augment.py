@@ -90,17 +90,17 @@ def test_flip_sampler_adds_flags_to_the_wrapped_stream_at_the_set_rate():
     inner = sampler.batches
     inner.set_epoch(3)
     assert len(sampler) == 200
-    assert [[(s, i) for s, i, _ in b] for b in batches] == list(inner)  # same keys, same order
-    flags = np.array([f for b in batches for _, _, f in b])
+    assert [[key[:-1] for key in b] for b in batches] == list(inner)  # same keys, same order
+    flags = np.array([key[-1] for b in batches for key in b])
     assert abs(flags.mean() - 0.5) < 0.04  # 1600 draws: 4 standard deviations is 0.05
-    assert not any(f for b in list(_flip_sampler(0.0)) for _, _, f in b)
-    assert all(f for b in list(_flip_sampler(1.0)) for _, _, f in b)
+    assert not any(key[-1] for b in list(_flip_sampler(0.0)) for key in b)
+    assert all(key[-1] for b in list(_flip_sampler(1.0)) for key in b)
 
 
 def test_flip_stream_is_a_function_of_seed_rank_and_epoch():
     def flags(sampler, epoch):
         sampler.set_epoch(epoch)
-        return [f for b in sampler for _, _, f in b]
+        return [key[-1] for b in sampler for key in b]
 
     assert flags(_flip_sampler(0.5), 2) == flags(_flip_sampler(0.5), 2)
     assert flags(_flip_sampler(0.5), 2) != flags(_flip_sampler(0.5), 3)

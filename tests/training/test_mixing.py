@@ -16,14 +16,14 @@ SIZES = {"coco": 500, "cc3m": 2000, "tiny": 7}
 MIX = {"coco": 7.0, "cc3m": 2.0, "tiny": 1.0}  # not normalised on purpose
 
 
-def epoch_batches(sampler: MixedBatchSampler, epoch: int) -> list[list[tuple[str, int]]]:
+def epoch_batches(sampler: MixedBatchSampler, epoch: int) -> list[list[tuple[str, int, int]]]:
     sampler.set_epoch(epoch)
     return list(sampler)
 
 
 def stream(sampler: MixedBatchSampler, source: str, epochs: range) -> list[int]:
     """The indices drawn from ``source`` in order, over several epochs."""
-    return [i for e in epochs for batch in epoch_batches(sampler, e) for s, i in batch if s == source]
+    return [i for e in epochs for batch in epoch_batches(sampler, e) for s, i, _ in batch if s == source]
 
 
 def test_batches_have_the_configured_shape_and_valid_indices():
@@ -32,15 +32,16 @@ def test_batches_have_the_configured_shape_and_valid_indices():
     assert len(sampler) == len(batches) == 30
     assert all(len(b) == 16 for b in batches)
     for batch in batches:
-        for source, index in batch:
+        for source, index, draw in batch:
             assert isinstance(index, int) and 0 <= index < SIZES[source]
+            assert isinstance(draw, int)
     # Batches are mixed: most batches hold more than one source.
-    assert sum(len({s for s, _ in b}) > 1 for b in batches) > 25
+    assert sum(len({s for s, *_ in b}) > 1 for b in batches) > 25
 
 
 def test_empirical_proportions_match_the_mix():
     sampler = MixedBatchSampler(SIZES, MIX, batch_size=32, num_batches=200, seed=3)
-    counts = Counter(s for batch in sampler for s, _ in batch)
+    counts = Counter(s for batch in sampler for s, *_ in batch)
     names = sorted(MIX)
     observed = np.array([counts[n] for n in names])
     total = observed.sum()
@@ -100,6 +101,52 @@ def test_ranks_get_different_batches_and_disjoint_indices():
     assert len(first_cycle[0] & first_cycle[1]) == 1
 
 
+def draws(samplers: list[MixedBatchSampler], epochs: range) -> dict[str, list[int]]:
+    """Per source, the draw numbers of every key the samplers yield over ``epochs``."""
+    found: dict[str, list[int]] = {}
+    for sampler in samplers:
+        for e in epochs:
+            for source, _, draw in (key for batch in epoch_batches(sampler, e) for key in batch):
+                found.setdefault(source, []).append(draw)
+    return found
+
+
+def test_draws_number_every_access_once_across_epochs_and_ranks():
+    ranks = [MixedBatchSampler(SIZES, MIX, batch_size=8, num_batches=20, seed=4, rank=r, world_size=2) for r in range(2)]
+    for rank, sampler in enumerate(ranks):
+        for source, numbers in draws([sampler], range(3)).items():
+            # Rank r's accesses to a source are its stream positions 0, 1, 2, ... as r, r + 2, r + 4, ...
+            assert sorted(numbers) == list(range(rank, 2 * len(numbers), 2)), (rank, source)
+    found = draws(ranks, range(3))
+    for source, numbers in found.items():
+        assert len(set(numbers)) == len(numbers), source  # no access shares a draw, across ranks too
+    # The tiny source (7 items) cycles about 20 times: its images come back, each time with a new draw.
+    assert len(found["tiny"]) > 10 * SIZES["tiny"]
+    # Jumping to an epoch (resume) gives the draws of walking there.
+    resumed = MixedBatchSampler(SIZES, MIX, batch_size=8, num_batches=20, seed=4, rank=1, world_size=2)
+    assert epoch_batches(resumed, 2) == epoch_batches(ranks[1], 2)
+
+
+class DrawRecorder(torch.utils.data.Dataset):
+    """``sample(index, draw)`` reports both; ``dataset[index]`` reports no draw."""
+
+    def __len__(self) -> int:
+        return 3
+
+    def __getitem__(self, index: int) -> tuple:
+        return (index, None)
+
+    def sample(self, index: int, draw: int) -> tuple:
+        return (index, draw)
+
+
+def test_mixed_dataset_hands_the_draw_to_datasets_that_take_one():
+    dataset = MixedDataset({"drawn": DrawRecorder(), "plain": Items("plain", 4)})
+    assert dataset[("drawn", 2, 17)] == (2, 17)
+    assert dataset[("drawn", 2)] == (2, None)  # no draw in the key: plain indexing
+    assert dataset[("plain", 1, 17)] == {"source": "plain", "value": 1}  # a dataset without sample()
+
+
 def test_bad_mixes_are_rejected_with_a_clear_message():
     with pytest.raises(ValueError, match="unknown sources"):
         MixedBatchSampler(SIZES, {**MIX, "lvis": 1.0}, batch_size=4, num_batches=1)
@@ -143,8 +190,8 @@ def test_works_as_a_dataloader_batch_sampler():
     loaded = list(loader)
     assert len(loaded) == 5
     for batch, keys in zip(loaded, sampler):
-        assert batch["source"] == [s for s, _ in keys]
-        assert batch["value"].tolist() == [i for _, i in keys]
+        assert batch["source"] == [s for s, *_ in keys]
+        assert batch["value"].tolist() == [i for _, i, _ in keys]
     with pytest.raises(KeyError, match="unknown source 'lvis'"):
         dataset[("lvis", 0)]
 

@@ -247,6 +247,23 @@ def test_flip_probability_one_mirrors_every_training_image(tmp_path):
         "the synthetic set's captions reach the caption head"
 
 
+def test_an_image_seen_again_in_a_run_draws_its_phrases_afresh(tmp_path):
+    """Each synthetic object is described by its caption ("a small red star") or its size-free phrase
+    ("a red star"), drawn per access: over one run, an object seen several times gets both."""
+    from training.engine import Trainer
+
+    trainer = Trainer(load_config(None, tiny_run_arguments(tmp_path, steps=60)))
+    forms: dict[tuple[int, int], list[bool]] = {}  # (image, object) -> per visit: was the phrase the caption?
+    for batch in trainer.loader():
+        for target in (t for t in batch["targets"] if t.source == "synthetic"):
+            for k, (phrase, caption) in enumerate(zip(target.phrases, target.object_captions)):
+                forms.setdefault((target.image_id, k), []).append(phrase == caption)
+    revisited = [visits for visits in forms.values() if len(visits) >= 4]
+    assert len(revisited) > 10, "most objects come back several times in 120 draws of 12 images"
+    mixed = sum(len(set(visits)) == 2 for visits in revisited)
+    assert mixed > 0.5 * len(revisited), f"only {mixed} of {len(revisited)} revisited objects saw both forms"
+
+
 def test_a_synthetic_directory_holding_another_set_is_refused_without_a_traceback(tmp_path, capsys):
     from training.train import main
 

@@ -5,10 +5,10 @@ A flip mirrors the image, its boxes and masks, and swaps the words "left" and "r
 names the same object, as MDETR and GLIP do for referring expressions.
 
 Which elements are flipped is decided by :class:`FlipBatchSampler`, a wrapper around any batch sampler
-of ``(source, index)`` keys (``MixedBatchSampler``): it appends a flip flag to each key, drawn from a
-generator seeded by ``(seed, rank, epoch, batch)``, so a run's flips are as reproducible as its
+of ``(source, index, draw)`` keys (``MixedBatchSampler``): it appends a flip flag to each key, drawn
+from a generator seeded by ``(seed, rank, epoch, batch)``, so a run's flips are as reproducible as its
 sources and indices, whatever the number of DataLoader workers. :class:`FlippingDataset` wraps the
-dataset (``MixedDataset``) to read those ``(source, index, flip)`` keys.
+dataset (``MixedDataset``) to read those ``(source, index, draw, flip)`` keys.
 """
 
 from __future__ import annotations
@@ -63,8 +63,8 @@ def horizontal_flip(sample: Sample) -> Sample:
 
 
 class FlipBatchSampler:
-    """Wraps a batch sampler of ``(source, index)`` keys; yields ``(source, index, flip)`` keys, each
-    flip True with probability ``probability``, from a generator seeded by (seed, rank, epoch, batch).
+    """Wraps a batch sampler of ``(source, index, ...)`` keys and appends a flip flag to each key, True
+    with probability ``probability``, from a generator seeded by (seed, rank, epoch, batch).
 
     ``set_epoch`` and ``len`` pass through to the wrapped sampler.
     """
@@ -85,16 +85,16 @@ class FlipBatchSampler:
     def __len__(self) -> int:
         return len(self.batches)
 
-    def __iter__(self) -> Iterator[list[tuple[str, int, bool]]]:
+    def __iter__(self) -> Iterator[list[tuple]]:
         for b, batch in enumerate(self.batches):
             rng = np.random.default_rng(np.random.SeedSequence([self.seed, _TAG_FLIP, self.rank, self.epoch, b]))
             flips = rng.random(len(batch)) < self.probability
-            yield [(source, index, bool(flip)) for (source, index), flip in zip(batch, flips)]
+            yield [(*key, bool(flip)) for key, flip in zip(batch, flips)]
 
 
 class FlippingDataset(torch.utils.data.Dataset):
-    """Wraps a dataset keyed by ``(source, index)``; ``dataset[(source, index, flip)]`` is the item,
-    horizontally flipped when ``flip`` (a :class:`Sample`)."""
+    """Wraps a dataset keyed by ``(source, index, ...)`` tuples; ``dataset[(*key, flip)]`` is the item
+    ``dataset[key]``, horizontally flipped when ``flip`` (a :class:`Sample`)."""
 
     def __init__(self, dataset) -> None:
         self.dataset = dataset
@@ -102,7 +102,7 @@ class FlippingDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, key: tuple[str, int, bool]) -> Any:
-        source, index, flip = key
-        sample = self.dataset[(source, index)]
+    def __getitem__(self, key: tuple) -> Any:
+        *inner, flip = key
+        sample = self.dataset[tuple(inner)]
         return horizontal_flip(sample) if flip else sample

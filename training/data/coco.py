@@ -192,12 +192,14 @@ class CocoDetection:
     ``categories``; ``phrases`` the annotation's ``"caption"`` key when present, else the category
     phrase. An annotation may also list further true descriptions of its object under ``"phrases"``
     (``["a red star"]`` beside the caption "a small red star"); each access then draws the object's
-    phrase uniformly from the caption and those, seeded by ``(seed, epoch, index)``, and the
+    phrase uniformly from the caption and those, seeded by ``(seed, draw, index)``, and the
     caption becomes the sample's ``object_captions`` entry (what the caption head learns).
     ``masks`` when ``with_masks`` and every kept object has a segmentation (else None and no "mask" task); ``caption`` from ``captions_json`` when given and the image has one.
     ``caption_choice="first"`` takes the image's first caption in file order; ``"random"`` draws
-    one per access from a generator seeded by ``(seed, epoch, index)`` (see :meth:`set_epoch`),
-    so every DataLoader worker agrees and a rerun repeats.
+    one per access from a generator seeded by ``(seed, draw, index)``, so every DataLoader worker
+    agrees and a rerun repeats. ``dataset.sample(i, draw)`` takes the draw number from the caller
+    (``MixedDataset`` passes the sampler's, unique per access); ``dataset[i]`` uses the epoch set by
+    :meth:`set_epoch` as the draw.
 
     Attributes: ``categories`` (names), ``category_coco_ids`` (original ids), ``category_phrases``
     (the text used for a category: the name here), ``source``.
@@ -290,19 +292,23 @@ class CocoDetection:
         return [self._records[i]["category_ids"] for i in range(len(self._records))]
 
     def set_epoch(self, epoch: int) -> None:
-        """Changes which caption ``caption_choice="random"`` draws; call at the start of each epoch."""
+        """The draw ``dataset[i]`` uses (which caption and phrases it picks); call at each epoch's start."""
         self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self._records)
 
     def __getitem__(self, i: int) -> Sample:
+        return self.sample(i, self.epoch)
+
+    def sample(self, i: int, draw: int) -> Sample:
+        """Image ``i`` with its per-access choices (phrases, caption) seeded by ``(seed, draw, i)``."""
         record = self._records[i]
         w, h = record["width"], record["height"]
         image = load_annotated_image(self.image_dir, record["paths"], w, h)
         masks = decode_masks(record["segmentations"], h, w) if self.with_masks else None
-        caption = self._pick_caption(record.get("captions") or [], i)
-        phrases, object_captions = self._pick_phrases(record, i)
+        caption = self._pick_caption(record.get("captions") or [], i, draw)
+        phrases, object_captions = self._pick_phrases(record, i, draw)
         tasks = ("detection",) + (("mask",) if masks is not None else ()) + ("grounding",)
         tasks += (("caption",) if caption is not None else ()) + ("classification",)
         return Sample(
@@ -318,21 +324,21 @@ class CocoDetection:
             caption=caption,
         )
 
-    def _pick_phrases(self, record: dict, i: int) -> tuple[list[str], list[str]]:
+    def _pick_phrases(self, record: dict, i: int, draw: int) -> tuple[list[str], list[str]]:
         """(phrases, object captions): each object's phrase drawn from its caption and its alternative
         phrases, and the captions; or the captions and [] when no object has alternatives."""
         alternatives = record.get("alternative_phrases")
         if alternatives is None:
             return record["phrases"], []
-        rng = np.random.default_rng([self.seed, self.epoch, i % len(self), _PHRASE_STREAM])
+        rng = np.random.default_rng([self.seed, draw, i % len(self), _PHRASE_STREAM])
         drawn = [(caption, *others)[int(rng.integers(1 + len(others)))]
                  for caption, others in zip(record["phrases"], alternatives)]
         return drawn, list(record["phrases"])
 
-    def _pick_caption(self, captions: list[str], i: int) -> str | None:
+    def _pick_caption(self, captions: list[str], i: int, draw: int) -> str | None:
         if not captions:
             return None
         if self.caption_choice == "first":
             return captions[0]
-        rng = np.random.default_rng([self.seed, self.epoch, i % len(self)])
+        rng = np.random.default_rng([self.seed, draw, i % len(self)])
         return captions[int(rng.integers(len(captions)))]

@@ -31,6 +31,10 @@ How the stream is built (all of it a pure function of ``(seed, rank, world_size,
   offset is the sum of the earlier epochs' counts), so a large source is not re-sampled from the start
   each epoch. ``set_epoch`` may jump to any epoch (resume); the result is the same as getting there
   one epoch at a time.
+* **Draws.** Each key carries ``draw``, the element's position in its source's stream counted over all
+  ranks (``position * world_size + rank``): unique to that access within a run, whatever the epoch
+  or rank. :class:`MixedDataset` hands it to a dataset with per-access random choices (which phrase
+  or caption of an object to use), so an image seen ten times draws afresh each time, reproducibly.
 * ``num_batches`` is per rank: under DDP every rank must take the same number of steps.
 
 Source names are sorted before use, so a mapping's key order never changes the stream.
@@ -94,7 +98,8 @@ def normalise_proportions(source_sizes: Mapping[str, int], proportions: Mapping[
 
 
 class MixedBatchSampler:
-    """Batches of ``(source, index)`` pairs for :class:`MixedDataset` (a DataLoader ``batch_sampler``).
+    """Batches of ``(source, index, draw)`` keys for :class:`MixedDataset` (a DataLoader ``batch_sampler``);
+    ``draw`` numbers the access (see the module docstring).
 
     source_sizes: ``{source: number of samples}``.
     proportions:  ``{source: weight > 0}``, normalised to sum to 1 (e.g. ``TrainConfig.data_mix``).
@@ -202,12 +207,15 @@ class MixedBatchSampler:
         counts, rng = self._epoch_counts(epoch)
         order = rng.permutation(np.repeat(np.arange(len(self.sources)), counts))
         picks = np.empty(len(order), np.int64)
+        draws = np.empty(len(order), np.int64)
         for k, source in enumerate(self.sources):
             where = order == k
             picks[where] = self._indices(source, int(offsets[k]), int(counts[k]))
+            draws[where] = (offsets[k] + np.arange(counts[k])) * self.world_size + self.rank
         for b in range(self.num_batches):
             batch = slice(b * self.batch_size, (b + 1) * self.batch_size)
-            yield [(self.sources[k], i) for k, i in zip(order[batch].tolist(), picks[batch].tolist())]
+            yield [(self.sources[k], i, d)
+                   for k, i, d in zip(order[batch].tolist(), picks[batch].tolist(), draws[batch].tolist())]
 
 
 def _check_repeat_factors(factors: Mapping[str, np.ndarray], sizes: Mapping[str, int]) -> dict[str, np.ndarray]:
@@ -223,10 +231,12 @@ def _check_repeat_factors(factors: Mapping[str, np.ndarray], sizes: Mapping[str,
 
 
 class MixedDataset(torch.utils.data.Dataset):
-    """Several datasets behind one ``__getitem__((source, index))``.
+    """Several datasets behind one ``__getitem__((source, index[, draw]))``.
 
     datasets: ``{source: map-style dataset}``; an item is returned unchanged from its dataset
-    (a :class:`training.data.sample.Sample` already names its ``source``).
+    (a :class:`training.data.sample.Sample` already names its ``source``). With a ``draw`` (from
+    :class:`MixedBatchSampler`), a dataset that makes per-access random choices is read as
+    ``dataset.sample(index, draw)``; any other as ``dataset[index]``.
     """
 
     def __init__(self, datasets: Mapping[str, Any]) -> None:
@@ -242,10 +252,12 @@ class MixedDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return sum(self.source_sizes.values())
 
-    def __getitem__(self, key: tuple[str, int]) -> Any:
-        source, index = key
+    def __getitem__(self, key: tuple[str, int] | tuple[str, int, int]) -> Any:
+        source, index, *draw = key
         try:
             dataset = self.datasets[source]
         except KeyError:
             raise KeyError(f"unknown source {source!r}; sources: {sorted(self.datasets)}") from None
+        if draw and callable(getattr(dataset, "sample", None)):
+            return dataset.sample(index, draw[0])
         return dataset[index]
