@@ -30,11 +30,34 @@ def content_words(phrase: str) -> frozenset[str]:
 
 def overlapping(rows: Sequence[str], columns: Sequence[str]) -> np.ndarray:
     """(len(rows), len(columns)) bool: True where the two phrases differ as strings but the content
-    words of one are a subset of the other's (so both may describe the same object)."""
+    words of one are a subset of the other's (so both may describe the same object).
+
+    One matrix product: with ``R`` (rows x words) and ``C`` (columns x words) the 0/1 word incidence,
+    ``(R @ C.T)[i, j]`` counts the shared words, and a phrase's words are a subset of the other's
+    exactly when that count equals its own word count.
+    """
     row_words = [content_words(p) for p in rows]
     column_words = [content_words(p) for p in columns]
-    out = np.zeros((len(rows), len(columns)), dtype=bool)
-    for i, (row, words) in enumerate(zip(rows, row_words)):
-        for j, (column, other) in enumerate(zip(columns, column_words)):
-            out[i, j] = row != column and (words <= other or other <= words)
+    word_ids: dict[str, int] = {}
+    for words in row_words + column_words:
+        for word in words:
+            word_ids.setdefault(word, len(word_ids))
+    row_incidence = _incidence(row_words, word_ids)  # (R, W)
+    column_incidence = _incidence(column_words, word_ids)  # (C, W)
+    shared = row_incidence @ column_incidence.T  # (R, C)
+    row_inside = shared == row_incidence.sum(1)[:, None]
+    column_inside = shared == column_incidence.sum(1)[None, :]
+    string_ids: dict[str, int] = {}
+    row_ids = np.array([string_ids.setdefault(p, len(string_ids)) for p in rows], dtype=np.int64)
+    column_ids = np.array([string_ids.setdefault(p, len(string_ids)) for p in columns], dtype=np.int64)
+    return (row_inside | column_inside) & (row_ids[:, None] != column_ids[None, :])
+
+
+def _incidence(phrase_words: list[frozenset[str]], word_ids: dict[str, int]) -> np.ndarray:
+    """(len(phrase_words), len(word_ids)) float32: 1 where the phrase holds the word (float for BLAS;
+    the counts it feeds stay exact integers)."""
+    out = np.zeros((len(phrase_words), len(word_ids)), dtype=np.float32)
+    phrase_index = [i for i, words in enumerate(phrase_words) for _ in words]
+    word_index = [word_ids[w] for words in phrase_words for w in words]
+    out[phrase_index, word_index] = 1
     return out

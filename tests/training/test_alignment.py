@@ -3,6 +3,8 @@ the loss ignoring such pairs in both directions, in the batch and from the phras
 
 from __future__ import annotations
 
+import random
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -33,6 +35,17 @@ def test_a_phrase_overlaps_the_phrases_whose_words_contain_its_own():
         [True, False, True, False, True, False],
     ]
     assert overlapping([], columns).shape == (0, len(columns))
+
+
+def test_overlapping_matches_a_naive_pairwise_check():
+    rng = random.Random(0)
+    words = ["a", "the", "small", "red", "blue", "star", "ring", "left", "of"]
+    phrases = [" ".join(rng.choice(words) for _ in range(rng.randint(1, 4))) for _ in range(60)]
+    rows, columns = phrases[:25], phrases[15:]  # shared strings, repeats and article-only phrases included
+    expected = [[r != c and (content_words(r) <= content_words(c) or content_words(c) <= content_words(r))
+                 for c in columns] for r in rows]
+    assert overlapping(rows, columns).tolist() == expected
+    assert 0 < sum(map(sum, expected)) < len(rows) * len(columns)  # the case has both answers
 
 
 def _masked_infonce(model, objects: torch.Tensor, texts: torch.Tensor, ignored: torch.Tensor) -> torch.Tensor:
