@@ -242,15 +242,14 @@ class SetCriterion:
         return {"mask_bce": F.binary_cross_entropy_with_logits(logits, gold), "mask_dice": dice.mean()}
 
     def caption_term(self, objects: MatchedObjects, targets: list[Target]) -> torch.Tensor | None:
-        """Token cross-entropy of describing each detected object from its embedding: the target's
-        ``object_captions`` when it has them, else its phrases."""
+        """Token cross-entropy of describing each detected object from its embedding (its target's
+        ``caption_targets``)."""
         keep = [i for i in range(len(objects.image_index))
                 if not objects.from_denoising[i] and "detection" in targets[objects.image_index[i]].tasks
                 and targets[objects.image_index[i]].phrases]
         if not keep:
             return None
-        phrases = [(targets[objects.image_index[i]].object_captions or targets[objects.image_index[i]].phrases)
-                   [objects.object_index[i]] for i in keep]
+        phrases = [targets[objects.image_index[i]].caption_targets[objects.object_index[i]] for i in keep]
         tokenizer = self.model.text.tokenizer
         max_len = self.model.config.caption_max_length + 1
         ids = tokenizer(phrases, padding=True, truncation=True, max_length=max_len, return_tensors="pt")["input_ids"]

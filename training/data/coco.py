@@ -194,7 +194,8 @@ class CocoDetection:
     (``["a red star"]`` beside the caption "a small red star"); each access then draws the object's
     phrase uniformly from the caption and those, seeded by ``(seed, draw, index)``, and the
     caption becomes the sample's ``object_captions`` entry (what the caption head learns).
-    ``masks`` when ``with_masks`` and every kept object has a segmentation (else None and no "mask" task); ``caption`` from ``captions_json`` when given and the image has one.
+    ``masks`` when ``with_masks`` and every kept object has a segmentation (else None and no "mask"
+    task); ``caption`` from ``captions_json`` when given and the image has one.
     ``caption_choice="first"`` takes the image's first caption in file order; ``"random"`` draws
     one per access from a generator seeded by ``(seed, draw, index)``, so every DataLoader worker
     agrees and a rerun repeats. ``dataset.sample(i, draw)`` takes the draw number from the caller

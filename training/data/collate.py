@@ -40,6 +40,11 @@ class Target:
     object_captions: list[str] = field(default_factory=list)
     extras: dict = field(default_factory=dict)
 
+    @property
+    def caption_targets(self) -> list[str]:
+        """n texts the caption head learns: ``object_captions``, or the phrases when there are none."""
+        return self.object_captions or self.phrases
+
 
 class Collator:
     """``collate(samples)`` -> {"images": (B, 3, S, S) uint8, "targets": list[Target]}.
