@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -68,23 +70,32 @@ def _train_worker(rank: int, port: int, runs: dict[str, list[str]], out: str) ->
         except Exception as exc:  # noqa: BLE001 -- recorded for the test to report; the next run still starts
             (folder / f"rank{rank}.error").write_text(f"{type(exc).__name__}: {exc}")
             continue
-        state = {k: v.detach().contiguous().cpu() for k, v in trainer.model.state_dict().items()}
+        state = trained_state(trainer.model)
         save_file(state, str(folder / f"rank{rank}.safetensors"))
         (folder / f"rank{rank}.json").write_text(json.dumps({"steps": summary["steps"], "images_seen": summary["images_seen"]}))
     torch.distributed.barrier()
     torch.distributed.destroy_process_group()
 
 
+def trained_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """What training can change: the parameters that take gradients, and the buffers. The frozen
+    text encoder (~91 MB of the tiny preset's ~96 MB) is left out to keep the test's disk use small."""
+    frozen = {name for name, p in model.named_parameters() if not p.requires_grad}
+    return {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items() if k not in frozen}
+
+
 @pytest.fixture(scope="module")
-def ddp_runs(tmp_path_factory) -> Path:
-    """Both RUNS, two steps each, in one pair of gloo processes (the imports are paid once)."""
+def ddp_runs(tmp_path_factory) -> Iterator[Path]:
+    """Both RUNS, two steps each, in one pair of gloo processes (the imports are paid once). Their
+    checkpoints (~0.4 GB) are removed when the module's tests are done."""
     from tests.training.test_training_runs import tiny_run_arguments
 
     root = tmp_path_factory.mktemp("ddp")
     base = tiny_run_arguments(root, steps=2)
     runs = {name: [*base, "--output_dir", str(root / name / "run"), *extra] for name, extra in RUNS.items()}
     run_ranks(_train_worker, free_port(), runs, str(root))
-    return root
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
 
 
 def check_ranks_agree(folder: Path) -> None:
@@ -101,7 +112,8 @@ def check_ranks_agree(folder: Path) -> None:
     assert not differing, f"ranks disagree on {len(differing)} tensors, e.g. {differing[:3]}"
     # Rank 0 alone wrote the checkpoint and the metrics; what it saved is what both ranks hold.
     saved = load_file(str(folder / "run" / "final" / "model.safetensors"))
-    assert all(torch.equal(saved[k], weights[0][k]) for k in saved)
+    assert len(weights[0]) > 0 and weights[0].keys() <= saved.keys()
+    assert all(torch.equal(saved[k], weights[0][k]) for k in weights[0])
     assert json.loads((folder / "run" / "metrics.json").read_text())["steps"] == 2
 
 
