@@ -313,10 +313,10 @@ class Trainer:
                 logger.warning("stopping at step %d of %d: the %.1f-minute budget is spent", self.step,
                                config.optim.steps, config.optim.max_minutes)
                 break
+        threshold = self.calibrated_score_threshold()  # before saving: the curve's last point is resumed too
         self.save_state()
         final = self.output / "final"
         extra = {"steps": self.step, "train_seconds": round(self.train_seconds, 1), "images_seen": self.images_seen}
-        threshold = self.calibrated_score_threshold()
         if threshold is not None:
             extra["score_threshold"] = threshold
         if distributed.rank() == 0:
@@ -365,8 +365,8 @@ class Trainer:
             self.model.train()
         point = {"step": self.step, "minutes": round(self.train_seconds / 60, 2), **headline(results)}
         logger.info("%s evaluation: %s", split, point)
-        if split == "val":
-            self.history.append(point)
+        if split == "val":  # one point per step: a finished run resumed evaluates its last step again
+            self.history = [p for p in self.history if p["step"] != self.step] + [point]
             self._last_val = (self.step, results)
         return results
 

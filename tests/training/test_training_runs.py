@@ -148,7 +148,13 @@ def test_training_main_writes_a_checkpoint_and_metrics_then_resumes(tmp_path, ca
     assert not any(m.startswith("step 1/") for m in messages), "the second run restarted at step 0"
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["steps"] == 4 and metrics["images_seen"] == 8
+    assert [point["step"] for point in metrics["curve"]] == [3, 4], "the first run's last point is kept"
     assert json.loads((run / "final" / "config.json").read_text())["training"]["steps"] == 4
+
+    # A finished run started again trains nothing and evaluates its last step once more: still one point.
+    assert main(tiny_run_arguments(tmp_path, steps=4)) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["steps"] == 4 and [point["step"] for point in metrics["curve"]] == [3, 4]
 
     # The same output_dir asked to train a different architecture: a clear refusal, nothing overwritten.
     weights = (run / "last" / "model.safetensors").read_bytes()
