@@ -1,7 +1,9 @@
-"""A small ObjEmbed for the training tests: its config and random boxes (fixtures live in conftest.py)."""
+"""A small ObjEmbed for the training tests: its config, random boxes and the ``training.train`` flags of a
+seconds-long run (fixtures live in conftest.py)."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import torch
@@ -36,3 +38,15 @@ def random_boxes(batch: int, count: int, seed: int) -> torch.Tensor:
     centres = torch.rand(batch, count, 2, generator=gen) * 0.6 + 0.2
     sizes = torch.rand(batch, count, 2, generator=gen) * 0.3 + 0.05
     return torch.cat([centres, sizes], dim=-1)
+
+
+def tiny_run_arguments(tmp_path, steps: int) -> list[str]:
+    """``training.train`` flags for a seconds-long run of the small model on a 12/4/4-image synthetic set."""
+    model = [item for key, value in SMALL_OVERRIDES.items()
+             for item in (f"--model.{key}", json.dumps(value) if isinstance(value, dict) else str(value))]
+    return [
+        "--data.synthetic_dir", str(tmp_path / "synthetic"), "--data.synthetic_train", "12",
+        "--data.synthetic_val", "4", "--data.synthetic_test", "4", *model,
+        "--optim.steps", str(steps), "--optim.batch_size", "2", "--optim.warmup_steps", "1",
+        "--eval_every", "0", "--checkpoint_every", "2", "--output_dir", str(tmp_path / "run"),
+    ]

@@ -9,12 +9,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.training.test_training import (
+from tests.training.criterion_inputs import (
     criterion_for,
     fake_outputs,
     make_target,
     no_denoising,
-    random_boxes,
+    target_boxes,
 )
 from training.phrase_bank import PhraseBank
 from training.phrase_relations import content_words, overlapping
@@ -60,8 +60,8 @@ def _masked_infonce(model, objects: torch.Tensor, texts: torch.Tensor, ignored: 
 
 def test_overlapping_phrases_are_neither_positives_nor_negatives(model):
     phrases = ["a red star", "a small red star", "a large blue ring"]
-    targets = [make_target(random_boxes(1, 80), phrases[:1], ("grounding",)),
-               make_target(random_boxes(2, 81), phrases[1:], ("grounding",))]
+    targets = [make_target(target_boxes(1, 80), phrases[:1], ("grounding",)),
+               make_target(target_boxes(2, 81), phrases[1:], ("grounding",))]
     with torch.no_grad():
         texts = model.encode_text(phrases)
     embeddings = torch.zeros(2, 6, texts.shape[1])
@@ -82,8 +82,8 @@ def test_overlapping_phrases_are_neither_positives_nor_negatives(model):
 
 def test_the_phrase_bank_skips_phrases_that_overlap_an_objects_own(model):
     phrases = ["a red star", "a large blue ring"]
-    targets = [make_target(random_boxes(1, 82), phrases[:1], ("grounding",)),
-               make_target(random_boxes(1, 83), phrases[1:], ("grounding",))]
+    targets = [make_target(target_boxes(1, 82), phrases[:1], ("grounding",)),
+               make_target(target_boxes(1, 83), phrases[1:], ("grounding",))]
     banked = ["a small red star", "a small orange star"]
     with torch.no_grad():
         texts = model.encode_text(phrases + banked)

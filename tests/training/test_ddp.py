@@ -88,7 +88,7 @@ def trained_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 def ddp_runs(tmp_path_factory) -> Iterator[Path]:
     """Both RUNS, two steps each, in one pair of gloo processes (the imports are paid once). Their
     checkpoints (~0.4 GB) are removed when the module's tests are done."""
-    from tests.training.test_training_runs import tiny_run_arguments
+    from tests.training.small_model import tiny_run_arguments
 
     root = tmp_path_factory.mktemp("ddp")
     base = tiny_run_arguments(root, steps=2)

@@ -10,10 +10,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.training.small_model import CATEGORIES
-from training.config import TASK_TERMS, LossWeights
-from training.criterion import SetCriterion, task_losses
-from training.data.collate import Target
+from tests.training.criterion_inputs import (
+    criterion_for,
+    fake_outputs,
+    make_target,
+    no_denoising,
+    target_boxes,
+)
+from training.config import LossWeights
+from training.criterion import task_losses
 from training.matcher import HungarianMatcher
 from training.phrase_bank import PhraseBank
 
@@ -23,13 +28,6 @@ ALL_TERMS = {"objectness", "box_l1", "giou", "quality", "align", "zeroshot", "ma
 SYNTHETIC_TASKS = frozenset({"detection", "mask", "grounding", "caption", "classification"})
 
 
-
-
-def random_boxes(count: int, seed: int) -> torch.Tensor:
-    gen = torch.Generator().manual_seed(seed)
-    return torch.cat([torch.rand(count, 2, generator=gen) * 0.6 + 0.2, torch.rand(count, 2, generator=gen) * 0.3 + 0.05], -1)
-
-
 # ---------------------------------------------------------------------------------------- matcher
 
 
@@ -37,8 +35,8 @@ def test_matcher_gives_the_same_matches_batched_and_one_image_at_a_time():
     gen = torch.Generator().manual_seed(0)
     batch, queries = 4, 7
     logits = torch.randn(batch, queries, generator=gen)
-    boxes = torch.stack([random_boxes(queries, seed=10 + b) for b in range(batch)])
-    targets = [random_boxes(3, 20), torch.zeros(0, 4), random_boxes(5, 21), random_boxes(9, 22)]
+    boxes = torch.stack([target_boxes(queries, seed=10 + b) for b in range(batch)])
+    targets = [target_boxes(3, 20), torch.zeros(0, 4), target_boxes(5, 21), target_boxes(9, 22)]
     matcher = HungarianMatcher()
     batched = matcher(logits, boxes, targets)
     assert len(batched) == batch
@@ -54,13 +52,13 @@ def test_matcher_gives_the_same_matches_batched_and_one_image_at_a_time():
 
 def test_matcher_handles_an_empty_batch_of_targets():
     matcher = HungarianMatcher()
-    matches = matcher(torch.zeros(2, 5), torch.stack([random_boxes(5, 1), random_boxes(5, 2)]), [torch.zeros(0, 4)] * 2)
+    matches = matcher(torch.zeros(2, 5), torch.stack([target_boxes(5, 1), target_boxes(5, 2)]), [torch.zeros(0, 4)] * 2)
     assert all(len(rows) == len(cols) == 0 for rows, cols in matches)
 
 
 def test_matcher_matches_a_perfect_prediction_to_itself():
-    targets = random_boxes(4, seed=3)
-    boxes = random_boxes(6, seed=4)
+    targets = target_boxes(4, seed=3)
+    boxes = target_boxes(6, seed=4)
     owner = {2: 0, 5: 1, 0: 2, 3: 3}  # query -> the target it predicts exactly
     for query, target in owner.items():
         boxes[query] = targets[target]
@@ -71,55 +69,10 @@ def test_matcher_matches_a_perfect_prediction_to_itself():
 # ---------------------------------------------------------------------------------------- criterion
 
 
-def make_target(boxes: torch.Tensor, phrases: list[str], tasks, labels=None, with_masks=False, mask_size=16) -> Target:
-    n = len(boxes)
-    masks = None
-    if with_masks:
-        masks = torch.zeros(n, mask_size, mask_size)
-        for i, (cx, cy, w, h) in enumerate(boxes.tolist()):
-            x1, x2 = int((cx - w / 2) * mask_size), math.ceil((cx + w / 2) * mask_size)
-            y1, y2 = int((cy - h / 2) * mask_size), math.ceil((cy + h / 2) * mask_size)
-            masks[i, y1:y2, x1:x2] = 1.0
-    return Target(
-        boxes=boxes, labels=torch.as_tensor(labels if labels is not None else [i % len(CATEGORIES) for i in range(n)]),
-        masks=masks, phrases=phrases, category_names=list(CATEGORIES), tasks=frozenset(tasks), source="synthetic",
-        image_id=0, scale=1.0)
-
-
-def fake_outputs(model, targets: list[Target], layers: int = 2, queries: int = 6, offset: float = 0.0,
-                 embeddings: torch.Tensor | None = None) -> dict:
-    """Leaf tensors shaped like ObjEmbed's outputs. Query i of image b predicts target i's box
-    (cx moved by ``offset``); the remaining queries sit in a far corner, so the matching is query i <-> target i."""
-    gen = torch.Generator().manual_seed(5)
-    batch, E, M = len(targets), model.config.embed_dim, model.config.mask_size
-    boxes = torch.tensor([0.9, 0.9, 0.05, 0.05]).repeat(batch, queries, 1)
-    for b, target in enumerate(targets):
-        boxes[b, : len(target.boxes)] = target.boxes + torch.tensor([offset, 0, 0, 0])
-    if embeddings is None:
-        embeddings = F.normalize(torch.randn(batch, queries, E, generator=gen), dim=-1)
-    return {
-        "boxes": boxes[None].repeat(layers, 1, 1, 1).requires_grad_(),
-        "objectness": torch.randn(layers, batch, queries, generator=gen).requires_grad_(),
-        "quality": torch.randn(batch, queries, generator=gen).requires_grad_(),
-        "embeddings": embeddings.clone().requires_grad_(),
-        "mask_logits": torch.randn(batch, queries, M, M, generator=gen).requires_grad_(),
-        "class_logits": torch.randn(batch, queries, len(CATEGORIES), generator=gen).requires_grad_(),
-    }
-
-
-def no_denoising(targets):
-    empty = torch.zeros(0, dtype=torch.long)
-    return [(empty, empty) for _ in targets]
-
-
-def criterion_for(model, tasks=tuple(TASK_TERMS), phrase_bank=None) -> SetCriterion:
-    return SetCriterion(model, HungarianMatcher(), list(tasks), category_weights=None, phrase_bank=phrase_bank)
-
-
 def test_criterion_returns_every_term_unweighted_and_finite(model):
     targets = [
-        make_target(random_boxes(2, 30), ["a small red star", "a large blue ring"], SYNTHETIC_TASKS, with_masks=True),
-        make_target(random_boxes(1, 31), ["a medium green square"], SYNTHETIC_TASKS, with_masks=True),
+        make_target(target_boxes(2, 30), ["a small red star", "a large blue ring"], SYNTHETIC_TASKS, with_masks=True),
+        make_target(target_boxes(1, 31), ["a medium green square"], SYNTHETIC_TASKS, with_masks=True),
     ]
     offset, layers = 0.01, 2
     outputs = fake_outputs(model, targets, layers=layers, offset=offset)
@@ -135,7 +88,7 @@ def test_criterion_returns_every_term_unweighted_and_finite(model):
 
 def test_caption_loss_is_the_token_cross_entropy_of_the_full_logits(model):
     # Phrases of different lengths, so the shorter ones are padded (padding is scored nowhere).
-    targets = [make_target(random_boxes(2, 32), ["a small red star", "the large light blue ring on the left"],
+    targets = [make_target(target_boxes(2, 32), ["a small red star", "the large light blue ring on the left"],
                            SYNTHETIC_TASKS)]
     outputs = fake_outputs(model, targets)
     criterion = criterion_for(model, tasks=("detection", "caption"))
@@ -151,8 +104,8 @@ def test_caption_loss_is_the_token_cross_entropy_of_the_full_logits(model):
 
 def test_the_caption_head_learns_the_object_captions_when_a_target_has_them(model):
     phrases, captions = ["a red star", "a blue ring"], ["a small red star", "a large blue ring"]
-    drawn = dataclasses.replace(make_target(random_boxes(2, 33), phrases, SYNTHETIC_TASKS), object_captions=captions)
-    full = make_target(random_boxes(2, 33), captions, SYNTHETIC_TASKS)
+    drawn = dataclasses.replace(make_target(target_boxes(2, 33), phrases, SYNTHETIC_TASKS), object_captions=captions)
+    full = make_target(target_boxes(2, 33), captions, SYNTHETIC_TASKS)
     outputs = fake_outputs(model, [drawn])
     criterion = criterion_for(model, tasks=("detection", "caption"))
     pairs = [(torch.arange(2), torch.arange(2))]
@@ -164,12 +117,12 @@ def test_the_caption_head_learns_the_object_captions_when_a_target_has_them(mode
 
 def test_a_grounding_only_sample_contributes_no_objectness(model):
     criterion = criterion_for(model)
-    grounding = make_target(random_boxes(1, 40), ["the red star left of the blue ring"], ("grounding",))
+    grounding = make_target(target_boxes(1, 40), ["the red star left of the blue ring"], ("grounding",))
     alone = criterion(fake_outputs(model, [grounding]), [grounding], no_denoising([grounding]))
     assert "objectness" not in alone
     assert {"align", "box_l1", "giou"} <= set(alone)
 
-    detection = make_target(random_boxes(2, 41), ["a small red star", "a large blue ring"], SYNTHETIC_TASKS, with_masks=True)
+    detection = make_target(target_boxes(2, 41), ["a small red star", "a large blue ring"], SYNTHETIC_TASKS, with_masks=True)
     batch = [detection, grounding]
     outputs = fake_outputs(model, batch)
     terms = criterion(outputs, batch, no_denoising(batch))
@@ -191,8 +144,8 @@ def _expected_align(model, object_embeddings: torch.Tensor, columns: list[int], 
 def test_identical_phrases_in_two_images_are_not_each_others_negatives(model):
     vocabulary = ["a small red star", "a large blue ring"]
     targets = [
-        make_target(random_boxes(2, 50), vocabulary, ("grounding",)),
-        make_target(random_boxes(1, 51), ["a small red star"], ("grounding",)),
+        make_target(target_boxes(2, 50), vocabulary, ("grounding",)),
+        make_target(target_boxes(1, 51), ["a small red star"], ("grounding",)),
     ]
     with torch.no_grad():
         texts = model.encode_text(vocabulary)
@@ -211,8 +164,8 @@ def test_identical_phrases_in_two_images_are_not_each_others_negatives(model):
 
 def test_phrases_of_other_images_are_negatives(model):
     phrases = ["a small red star", "a large blue ring"]
-    targets = [make_target(random_boxes(1, 60), phrases[:1], ("grounding",)),
-               make_target(random_boxes(1, 61), phrases[1:], ("grounding",))]
+    targets = [make_target(target_boxes(1, 60), phrases[:1], ("grounding",)),
+               make_target(target_boxes(1, 61), phrases[1:], ("grounding",))]
     with torch.no_grad():
         texts = model.encode_text(phrases)
     aligned = torch.zeros(2, 6, texts.shape[1])
@@ -245,8 +198,8 @@ def test_phrase_bank_remembers_the_latest_distinct_phrases_of_each_source():
 def test_the_phrase_bank_adds_its_own_sources_phrases_as_negatives(model):
     """With a bank, an object is also contrasted with earlier batches' phrases of its source, and only
     in the object-to-text direction; another source's remembered phrases never reach it."""
-    targets = [make_target(random_boxes(1, 70), ["a small red star"], ("grounding",)),
-               make_target(random_boxes(1, 71), ["a large blue ring"], ("grounding",))]
+    targets = [make_target(target_boxes(1, 70), ["a small red star"], ("grounding",)),
+               make_target(target_boxes(1, 71), ["a large blue ring"], ("grounding",))]
     hard_negative = "a small orange star"
     with torch.no_grad():
         texts = model.encode_text(["a small red star", "a large blue ring", hard_negative])
@@ -279,8 +232,8 @@ def test_the_phrase_bank_adds_its_own_sources_phrases_as_negatives(model):
 
 
 def test_an_object_meets_only_its_own_sources_bank(model):
-    caption_target = make_target(random_boxes(1, 72), ["a small red star"], ("grounding",))
-    refs_target = dataclasses.replace(make_target(random_boxes(1, 73), ["the ring on the left"], ("grounding",)),
+    caption_target = make_target(target_boxes(1, 72), ["a small red star"], ("grounding",))
+    refs_target = dataclasses.replace(make_target(target_boxes(1, 73), ["the ring on the left"], ("grounding",)),
                                       source="refs")
     targets = [caption_target, refs_target]
     hard_negative = "a small orange star"

@@ -11,7 +11,7 @@ import math
 import pytest
 import torch
 
-from tests.training.small_model import SMALL_OVERRIDES
+from tests.training.small_model import SMALL_OVERRIDES, tiny_run_arguments
 from training.config import TrainConfig, load_config
 from training.engine import lr_factor
 
@@ -101,18 +101,6 @@ def test_a_time_budget_that_ends_the_run_early_anneals_towards_its_projected_end
 
 
 # ---------------------------------------------------------------------------------------- a real run
-
-
-def tiny_run_arguments(tmp_path, steps: int) -> list[str]:
-    """``training.train`` flags for a seconds-long run of the small model on a 12/4/4-image synthetic set."""
-    model = [item for key, value in SMALL_OVERRIDES.items()
-             for item in (f"--model.{key}", json.dumps(value) if isinstance(value, dict) else str(value))]
-    return [
-        "--data.synthetic_dir", str(tmp_path / "synthetic"), "--data.synthetic_train", "12",
-        "--data.synthetic_val", "4", "--data.synthetic_test", "4", *model,
-        "--optim.steps", str(steps), "--optim.batch_size", "2", "--optim.warmup_steps", "1",
-        "--eval_every", "0", "--checkpoint_every", "2", "--output_dir", str(tmp_path / "run"),
-    ]
 
 
 def test_training_main_writes_a_checkpoint_and_metrics_then_resumes(tmp_path, caplog, capsys, monkeypatch):
