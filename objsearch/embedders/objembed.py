@@ -157,7 +157,6 @@ class ObjEmbedEmbedder:
             outputs = self.model(inputs, extra_boxes=extra, extra_groups=len(boxes))
         return outputs["extra"]["embeddings"][0].float().cpu().numpy()
 
-
     def describe_regions(self, image: np.ndarray, boxes_xyxy: np.ndarray) -> list[str]:
         """A caption for each given (N, 4) pixel box, from the caption head."""
         embeddings = self.torch.from_numpy(self.embed_regions(image, boxes_xyxy)).to(self.device)
