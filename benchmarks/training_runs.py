@@ -1,8 +1,9 @@
 """Shared machinery of the paper-shaped training experiments (multi-task ablation, data scaling).
 
 Each experiment trains the tiny preset several times on the synthetic set at an equal step budget,
-evaluates every run on the same synthetic test split, and writes a Markdown table + JSON with the
-command and the machine it ran on.
+once per seed for every row, evaluates every run on the same synthetic test split, and writes a
+Markdown table (each figure the mean of the seeds, with their range) + JSON with the command, the
+commit, the date and the machine it ran on, and each run's raw ``metrics.json`` beside them.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import logging
 import math
 import os
 import platform
+import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -31,6 +34,19 @@ COLUMNS = [
     ("zero_shot_acc", "zero-shot acc"),
     ("caption_CIDEr", "CIDEr-D"),
 ]
+
+
+def train_rows(row_name: str, overrides: list[str], seeds: list[int], work_dir: Path, raw_dir: Path) -> list[dict[str, Any]]:
+    """One run of ``overrides`` per seed; each run's ``metrics.json`` is copied to ``raw_dir/<run>/``."""
+    runs = []
+    for seed in seeds:
+        name = f"{row_name.replace(' ', '_').replace('+', 'and')}-seed{seed}"
+        run = train_and_evaluate(name, [*overrides, "--seed", str(seed)], work_dir)
+        run.update(row=row_name, seed=seed)
+        (raw_dir / name).mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(work_dir / name / "metrics.json", raw_dir / name / "metrics.json")
+        runs.append(run)
+    return runs
 
 
 def train_and_evaluate(name: str, overrides: list[str], out_dir: Path) -> dict[str, Any]:
@@ -57,20 +73,38 @@ def machine() -> dict[str, Any]:
             "platform": platform.platform(), "processor": platform.processor()}
 
 
-def markdown(rows: list[dict[str, Any]], first_column: str) -> str:
-    header = [first_column] + [title for _, title in COLUMNS] + ["train min", "img/s"]
+def commit() -> str:
+    """The checked-out commit (with ``+dirty`` when the work tree has changes), or 'unknown'."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("+dirty" if dirty else "")
+
+
+def markdown(runs: list[dict[str, Any]], first_column: str) -> str:
+    """One line per row name: the mean over its seeds, and the range (min-max) where there are several."""
+    header = [first_column, "seeds"] + [title for _, title in COLUMNS] + ["train min", "img/s"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for row in rows:
-        cells = [row["run"]] + [_fmt(row.get(key)) for key, _ in COLUMNS]
-        cells += [f"{row['train_minutes']:.1f}", f"{row['images_per_second']:.1f}"]
+    for row_name in dict.fromkeys(run["row"] for run in runs):
+        group = [run for run in runs if run["row"] == row_name]
+        cells = [row_name, ", ".join(str(run["seed"]) for run in group)]
+        cells += [_fmt_spread([run.get(key) for run in group]) for key, _ in COLUMNS]
+        cells += [_fmt_spread([run["train_minutes"] for run in group], 1), _fmt_spread([run["images_per_second"] for run in group], 1)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def _fmt(value: Any) -> str:
-    if value is None or math.isnan(value) or value < 0:  # NaN or COCOeval's -1: nothing to measure
+def _fmt_spread(values: list[Any], digits: int = 3) -> str:
+    """'0.512 (0.498-0.526)': the mean and the range; '-' when nothing was measured (NaN or COCOeval's -1)."""
+    measured = [v for v in values if v is not None and not math.isnan(v) and v >= 0]
+    if not measured:
         return "-"
-    return f"{value:.3f}"
+    mean = sum(measured) / len(measured)
+    if len(measured) == 1:
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ({min(measured):.{digits}f}-{max(measured):.{digits}f})"
 
 
 LEGEND = (
@@ -80,18 +114,27 @@ LEGEND = (
     "colour-shape R@5: text queries like \"red star\", a hit has IoU >= 0.5 with such an object. "
     "zero-shot acc: ground-truth boxes embedded as region queries, nearest category name. "
     "CIDEr-D: region captions vs the annotation captions (pycocoevalcap scale, max 10). "
-    "train min includes the final test evaluation; '-' = nothing to measure."
+    "train min includes the final test evaluation; '-' = nothing to measure. Each cell: the mean over "
+    "the row's seeds (min-max across them)."
 )
 
 
-def write_report(title: str, rows: list[dict[str, Any]], first_column: str, out_file: Path, module: str) -> str:
+def write_report(title: str, runs: list[dict[str, Any]], first_column: str, out_file: Path, module: str,
+                 started: str, code: str) -> str:
     """Writes ``out_file`` (.md) and its .json twin; returns the Markdown. ``module``: the experiment's
-    module name, to record the command that made the table."""
+    module name, to record the command that made the table; ``started``: when the runs began (UTC);
+    ``code``: the commit they ran (``commit()`` taken before the first run)."""
     command = " ".join(["python -m", module, *sys.argv[1:]])
-    text = (f"# {title}\n\nCommand: `{command}`  \nMachine: {json.dumps(machine())}  \n"
-            f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n\n{markdown(rows, first_column)}\n\n{LEGEND}\n")
+    text = (f"# {title}\n\nCommand: `{command}`  \nCommit: {code}  \nMachine: {json.dumps(machine())}  \n"
+            f"Started: {started}; finished: {utc_now()}  \nRaw per-run metrics: `{out_file.stem}/<run>/metrics.json`\n\n"
+            f"{markdown(runs, first_column)}\n\n{LEGEND}\n")
     out_file.parent.mkdir(parents=True, exist_ok=True)
     out_file.write_text(text)
-    out_file.with_suffix(".json").write_text(json.dumps({"title": title, "command": command, "machine": machine(),
-                                                         "rows": rows}, indent=2, default=float))
+    out_file.with_suffix(".json").write_text(json.dumps({"title": title, "command": command, "commit": code, "started": started,
+                                                         "finished": utc_now(), "machine": machine(), "runs": runs},
+                                                        indent=2, default=float))
     return text
+
+
+def utc_now() -> str:
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
