@@ -26,6 +26,7 @@ from pathlib import Path
 from indexer.decode import load_file
 from indexer.discover import discover
 from indexer.pipeline import IndexOptions, index_folders
+from objsearch.datasets.scenes import make_dataset
 from objsearch.embedders import load_embedder
 from objsearch.samples import gather_sample_photos
 
@@ -88,7 +89,7 @@ def embedders_and_images(work: Path, copies: int, objembed: Path) -> list[tuple[
 def peak_rss_mib(folder: Path, index: Path) -> float:
     code = (
         "import sys; from objsearch.cli import main; sys.argv = ['objsearch', 'index', sys.argv[1], '--index', sys.argv[2], "
-        "'--model', 'tests.blob_embedder:build', '--no-progress', '--workers', '2'];\n"
+        "'--model', 'objsearch.datasets.blob_embedder:build', '--no-progress', '--workers', '2'];\n"
         "try:\n    main()\nexcept SystemExit:\n    pass\n"
         # VmHWM, not ru_maxrss: ru_maxrss keeps the parent's high-water mark across fork + exec.
         "print(next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM')) / 1024)"
@@ -98,9 +99,6 @@ def peak_rss_mib(folder: Path, index: Path) -> float:
 
 
 def memory_growth(work: Path, sizes: list[int]) -> None:
-    sys.path.insert(0, str(REPO))
-    from tests.scenes import make_dataset
-
     peaks = {}
     for n in sizes:
         folder = work / f"scenes-{n}"

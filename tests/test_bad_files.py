@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from indexer.pipeline import IndexOptions, index_folders
 from objsearch import open_index
-from tests.blob_embedder import build as build_blobs
-from tests.scenes import make_dataset
+from objsearch.datasets.scenes import make_dataset
+from objsearch.datasets.blob_embedder import build as build_blobs
 
 
 def test_bad_files_are_recorded_and_do_not_stop_indexing(tmp_path):
@@ -17,7 +17,7 @@ def test_bad_files_are_recorded_and_do_not_stop_indexing(tmp_path):
     (folder / "notes.jpg").write_text("this is not an image")
     (folder / "random.png").write_bytes(bytes(range(256)) * 8)
     (folder / "readme.txt").write_text("ignored: not an image extension")
-    summary = index_folders([folder], tmp_path / "idx", embedder=build_blobs(), model="tests.blob_embedder:build", options=IndexOptions(progress=False, workers=2))
+    summary = index_folders([folder], tmp_path / "idx", embedder=build_blobs(), model="objsearch.datasets.blob_embedder:build", options=IndexOptions(progress=False, workers=2))
     assert summary.indexed == 3
     assert {p.rsplit("/", 1)[1] for p, _ in summary.skipped} == {"empty.jpg", "truncated.png", "notes.jpg", "random.png"}
     with open_index(tmp_path / "idx", model=build_blobs()) as idx:

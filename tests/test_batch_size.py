@@ -10,9 +10,9 @@ from objsearch.embedders.batch_size import (
     batch_size_for_memory,
     choose_batch_size,
 )
-from tests.blob_embedder import BlobEmbedder
+from objsearch.datasets.scenes import make_dataset
+from objsearch.datasets.blob_embedder import BlobEmbedder
 from tests.conftest import BLOBS
-from tests.scenes import make_dataset
 
 
 class RecordingEmbedder(BlobEmbedder):

@@ -16,14 +16,14 @@ from objsearch.box_ops import box_iou
 from objsearch.errors import IndexLocked, IndexNotFound, ModelMismatch, ObjsearchError
 from objsearch.store.layout import read_manifest
 from objsearch.store.writer import IndexWriter
-from tests.blob_embedder import build as build_blobs, build_other
-from tests.scenes import make_dataset, make_scene
+from objsearch.datasets.scenes import make_dataset, make_scene
+from objsearch.datasets.blob_embedder import build as build_blobs, build_other
 
 OPTIONS = IndexOptions(progress=False, workers=1, commit_every=4, batch_size=3)
 
 
 def index(folder, root, **kw):
-    return index_folders([folder], root, model="tests.blob_embedder:build", embedder=build_blobs(), options=kw.pop("options", OPTIONS))
+    return index_folders([folder], root, model="objsearch.datasets.blob_embedder:build", embedder=build_blobs(), options=kw.pop("options", OPTIONS))
 
 
 def consistency(root):
@@ -50,7 +50,7 @@ def test_every_generated_object_is_found_with_its_box(tmp_path):
 
 def test_boxes_are_in_original_pixels_when_images_are_downscaled(tmp_path):
     truth = make_dataset(tmp_path / "imgs", 2, size=(1200, 900))
-    index_folders([tmp_path / "imgs"], tmp_path / "idx", embedder=build_blobs(), model="tests.blob_embedder:build",
+    index_folders([tmp_path / "imgs"], tmp_path / "idx", embedder=build_blobs(), model="objsearch.datasets.blob_embedder:build",
                   options=IndexOptions(progress=False, workers=1, max_side=300))
     with open_index(tmp_path / "idx", model=build_blobs()) as idx:
         for path, annotations in truth.items():
@@ -103,7 +103,7 @@ def test_incremental_add_change_delete_and_touch(tmp_path):
 def test_exclude_glob_and_recursion(tmp_path):
     make_dataset(tmp_path / "imgs" / "a" / "b", 2)
     make_dataset(tmp_path / "imgs" / "thumbs", 2)
-    summary = index_folders([tmp_path / "imgs"], tmp_path / "idx", embedder=build_blobs(), model="tests.blob_embedder:build",
+    summary = index_folders([tmp_path / "imgs"], tmp_path / "idx", embedder=build_blobs(), model="objsearch.datasets.blob_embedder:build",
                             options=IndexOptions(progress=False, workers=1, exclude=("thumbs",)))
     assert summary.indexed == 2
 
@@ -221,4 +221,4 @@ def test_a_rerun_with_nothing_to_do_does_not_load_the_model(tmp_path, monkeypatc
     assert (summary.unchanged, loads) == (2, [])
     make_scene(tmp_path / "imgs" / "new.png", 5)
     summary = index_folders([tmp_path / "imgs"], tmp_path / "idx", options=OPTIONS)
-    assert (summary.indexed, loads) == (1, ["tests.blob_embedder:build"])
+    assert (summary.indexed, loads) == (1, ["objsearch.datasets.blob_embedder:build"])

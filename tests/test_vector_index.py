@@ -12,10 +12,10 @@ from objsearch import open_index
 from objsearch.cli import app
 from objsearch.store import vectors
 from objsearch.store.layout import read_manifest
-from tests.blob_embedder import build as build_blobs
+from objsearch.datasets.scenes import make_dataset
+from objsearch.datasets.blob_embedder import build as build_blobs
 from tests.conftest import BLOBS
 from tests.reliability.helpers import snapshot
-from tests.scenes import make_dataset
 
 runner = CliRunner()
 

@@ -32,7 +32,7 @@ from objsearch.box_ops import box_iou
 from objsearch.embedders.base import Detections, register_embedder
 from objsearch.embedders.colour import HIST_DIM, colour_histogram, dominant_colour
 from objsearch.embedders.imagenet import ImageNetClassifier
-from objsearch.embedders.sentence_encoder import SentenceEncoder
+from objsearch.model.sentence_encoder import SentenceEncoder
 from objsearch.embedders.ssd import FEATURE_DIM, SsdDetector, roi_mean_features
 
 logger = logging.getLogger(__name__)

@@ -11,10 +11,10 @@ import numpy as np
 from objsearch import open_index
 from objsearch.store import vectors
 from objsearch.store.doctor import check_index
-from tests.blob_embedder import build as build_blobs
+from objsearch.datasets.blob_embedder import build as build_blobs
 from tests.conftest import REPO
 
-SLOW_BLOBS = "tests.blob_embedder:build_slow"
+SLOW_BLOBS = "objsearch.datasets.blob_embedder:build_slow"
 
 
 def snapshot(root) -> tuple[list, list]:

@@ -11,7 +11,7 @@ from PIL import Image
 
 from indexer.pipeline import IndexOptions, index_folders
 from objsearch import open_index
-from tests.blob_embedder import build as build_blobs
+from objsearch.datasets.blob_embedder import build as build_blobs
 from tests.conftest import BLOBS
 
 

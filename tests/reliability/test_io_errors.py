@@ -15,10 +15,10 @@ from objsearch.store import layout, parquet, vectors
 from indexer.pipeline import IndexOptions, index_folders
 from objsearch.cli import app
 from objsearch.store.layout import read_manifest
-from tests.blob_embedder import build as build_blobs
+from objsearch.datasets.scenes import make_dataset
+from objsearch.datasets.blob_embedder import build as build_blobs
 from tests.conftest import BLOBS
 from tests.reliability.helpers import snapshot
-from tests.scenes import make_dataset
 
 OPTIONS = IndexOptions(progress=False, workers=1, commit_every=4, batch_size=2)
 

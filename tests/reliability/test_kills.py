@@ -8,9 +8,9 @@ import signal
 import time
 
 from objsearch.store.layout import MANIFEST, read_manifest
+from objsearch.datasets.scenes import make_dataset
 from tests.conftest import run_cli
 from tests.reliability.helpers import index_args, snapshot, start_cli
-from tests.scenes import make_dataset
 
 KILLS = 22
 

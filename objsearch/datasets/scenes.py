@@ -1,4 +1,4 @@
-"""Generated COCO-style test images: coloured rectangles on white, with their annotations."""
+"""Generated COCO-style scenes for tests and benchmarks: coloured rectangles on white, with their annotations."""
 
 from __future__ import annotations
 

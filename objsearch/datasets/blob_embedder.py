@@ -1,9 +1,10 @@
-"""A small deterministic embedder for generated test images: coloured rectangles on white.
+"""A small deterministic embedder for the generated scenes of ``objsearch.datasets.scenes``:
+coloured rectangles on white.
 
 It finds each connected non-white region (scipy.ndimage), names its colour, and embeds it as a
-one-hot colour vector plus a little shape signal, so tests of the store, indexer and CLI run in
-milliseconds and know exactly which objects must come back. Load it with
-``--model tests.blob_embedder:build`` (the `module:factory` form of the embedder registry).
+one-hot colour vector plus a little shape signal, so tests and benchmarks of the store, indexer
+and CLI run in milliseconds and know exactly which objects must come back. Load it with
+``--model objsearch.datasets.blob_embedder:build`` (the `module:factory` form of the embedder registry).
 """
 
 from __future__ import annotations
