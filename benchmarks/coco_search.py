@@ -14,7 +14,7 @@ Writes into the output directory:
     pr_curve.png   precision-recall of the category-name text queries, one curve per model
 
 Every number except the speed figures depends only on the data, the models and ``seed``.
-Without ``--data`` the synthetic shapes set (``training.data.synthetic``) is generated once into
+Without ``--data`` the synthetic shapes set (``objsearch.datasets.synthetic``) is generated once into
 the user cache (``$XDG_CACHE_HOME/objsearch`` or ``~/.cache/objsearch``) and its test split is used.
 """
 
@@ -39,6 +39,7 @@ from tqdm import tqdm
 
 from objsearch.embedders import ObjectEmbedder, load_embedder
 from objsearch.errors import ObjsearchError
+from objsearch.datasets.coco_files import load_coco_instances
 from objsearch.evaluation import CocoSplit, evaluate_embedder
 
 logger = logging.getLogger(__name__)
@@ -85,7 +86,8 @@ def run_coco_search(data: Path | None, models: list[str], out_dir: Path, max_ima
                      "metrics": evaluate_embedder(...)'s dict (fractions in [0, 1]),
                      "speed": {"index_images_per_second", "query_p50_ms", "query_p95_ms", ...}}]}
 
-    Raises NotCocoDataset for a directory that is not COCO-format, UnknownModel for a bad model.
+    Raises NotCocoDataset for a directory that is not COCO-format, BadDataset for a malformed
+    instances or refs file, UnknownModel for a bad model.
     """
     # First: fails early, before any measuring, if matplotlib is missing.
     from benchmarks.report import plot_pr_curves, write_markdown
@@ -235,14 +237,9 @@ def _default_split(found: dict[str, Path], root: Path) -> tuple[str, dict]:
 
 
 def _load_instances(path: Path) -> dict:
-    try:
-        coco = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise NotCocoDataset(f"{path} is not valid JSON ({exc})") from None
-    missing = [k for k in ("images", "annotations", "categories") if not isinstance(coco, dict) or k not in coco]
-    if missing:
-        raise NotCocoDataset(f"{path} is not COCO instances JSON: no {', '.join(missing)}")
-    return coco
+    """The instances file, checked (``objsearch.evaluation.load_coco_instances``: BadDataset naming
+    the file and the field for a malformed one; a missing ``iscrowd`` is 0)."""
+    return load_coco_instances(path)
 
 
 def _image_dir(root: Path, split: str, first_file: str) -> Path:
@@ -276,7 +273,7 @@ def synthetic_cache_root() -> Path:
 def synthetic_split(seed: int = 0) -> BenchData:
     """The test split of the synthetic shapes set (SYNTHETIC_SIZES, ``seed``), generated on first use
     into ``synthetic_cache_root()/bench-synthetic-<hash of the config>`` and reused after that."""
-    from training.data.synthetic import GENERATOR_VERSION, SyntheticConfig, generate
+    from objsearch.datasets.synthetic import GENERATOR_VERSION, SyntheticConfig, generate
 
     config = SyntheticConfig(seed=seed, **SYNTHETIC_SIZES)
     identity = json.dumps({"config": dataclasses.asdict(config), "generator_version": GENERATOR_VERSION}, sort_keys=True)

@@ -201,8 +201,10 @@ def coco_detection_ap(
     if iou_type not in ("bbox", "segm"):
         raise ValueError(f"iou_type must be 'bbox' or 'segm', got {iou_type!r}")
     # COCOeval writes 'ignore' (and, for segm, converted RLEs) into the GT annotations: work on copies.
+    # It also records a match by the ground truth's id and takes id 0 for "no match", so a file that
+    # numbers annotations from 0 would lose its first object: the copies are numbered from 1.
     gt_copy = dict(gt)
-    gt_copy["annotations"] = [dict(ann) for ann in gt.get("annotations", [])]
+    gt_copy["annotations"] = [{**ann, "id": number} for number, ann in enumerate(gt.get("annotations", []), 1)]
     results = [_coco_result(det, iou_type) for det in detections]
     unknown = {r["image_id"] for r in results} - {img["id"] for img in gt_copy.get("images", [])}
     if unknown:
