@@ -134,6 +134,9 @@ def _apply_metadata_changes(writer: IndexWriter, todo: IndexPlan, summary: Index
 def _embed_and_write(writer, embedder, work: list[FileStat], replaces: dict[str, int], options: IndexOptions, summary: IndexSummary) -> None:
     if not work:
         return
+    caveat = getattr(embedder, "indexing_caveat", None)  # e.g. a model trained on synthetic data only
+    if caveat:
+        logger.warning("%s", caveat)
     if not options.batch_size:
         options = dataclasses.replace(options, batch_size=choose_batch_size(embedder))
     bar = tqdm(total=len(work), unit="img", desc="indexing", disable=not options.progress)

@@ -18,6 +18,7 @@ import torch
 from objsearch.model.checkpoint import save_checkpoint
 from objsearch.model.config import preset
 from objsearch.model.objembed import ObjEmbed
+from objsearch.model.pretrained import check_pretrained
 from training import distributed
 from training.config import TrainConfig
 from training.criterion import SetCriterion, task_losses
@@ -28,6 +29,7 @@ from training.data.repeat_factors import image_repeat_factors
 from training.data.sources import (
     SYNTHETIC,
     build_sources,
+    data_record,
     ensure_synthetic,
     synthetic_paths,
 )
@@ -128,6 +130,9 @@ class Trainer:
         distributed.init_from_environment(self.device.type)
         _seed_everything(config.seed + distributed.rank())
         self.output = Path(config.output_dir)
+        # The hub's pretrained parts first: offline, this fails in seconds rather than after the data
+        # is generated and the hub client's retries (PretrainedUnavailable, one line in training.train).
+        check_pretrained(preset(config.preset, **config.model))
         if distributed.rank() == 0:
             ensure_synthetic(config.data) if SYNTHETIC in config.data.mix else None
         if distributed.is_distributed():
@@ -176,7 +181,7 @@ class Trainer:
             return
         staging = self.output / "last.tmp"
         shutil.rmtree(staging, ignore_errors=True)
-        save_checkpoint(self.model, staging)
+        save_checkpoint(self.model, staging, extra={"data": data_record(self.config.data)})
         torch.save({"step": self.step, "optimizer": self.optimizer.state_dict(),
                     "gradnorm": self.gradnorm.state_dict(), "history": self.history,
                     "train_seconds": self.train_seconds, "images_seen": self.images_seen,
@@ -316,7 +321,8 @@ class Trainer:
         threshold = self.calibrated_score_threshold()  # before saving: the curve's last point is resumed too
         self.save_state()
         final = self.output / "final"
-        extra = {"steps": self.step, "train_seconds": round(self.train_seconds, 1), "images_seen": self.images_seen}
+        extra = {"steps": self.step, "train_seconds": round(self.train_seconds, 1), "images_seen": self.images_seen,
+                 "data": data_record(config.data)}
         if threshold is not None:
             extra["score_threshold"] = threshold
         if distributed.rank() == 0:

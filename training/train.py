@@ -34,12 +34,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
-    from training.data.synthetic import SyntheticSetConflict
+    from objsearch.datasets.synthetic import SyntheticSetConflict
+    from objsearch.errors import PretrainedUnavailable
     from training.engine import ResumeMismatch, Trainer, headline
 
     try:
         summary = Trainer(config).fit()
-    except (ResumeMismatch, SyntheticSetConflict) as exc:
+    except (ResumeMismatch, SyntheticSetConflict, PretrainedUnavailable) as exc:  # one line, no traceback
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if summary.get("test"):

@@ -75,6 +75,8 @@ class ObjectEmbedder(Protocol):
 
     Images are (H, W, 3) uint8 RGB numpy arrays. ``name``, ``version`` and ``embed_dim`` are
     recorded in the index manifest; an index is only ever queried with the same triple.
+    Optionally ``indexing_caveat`` (a str, or None): one line the indexer logs as a warning once
+    per run, e.g. that the model was trained on synthetic data only.
     """
 
     name: str

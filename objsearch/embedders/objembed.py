@@ -46,6 +46,8 @@ class ObjEmbedEmbedder:
         self.with_captions = with_captions
         self.with_masks = with_masks
         self._label_embeddings = None
+        #: One line the indexer logs as a warning once per run (None: nothing to say); see ``build``.
+        self.indexing_caveat: str | None = None
 
     @property
     def device(self):
@@ -206,10 +208,24 @@ def build(path: str | Path | None = None, device: str | None = None, **options) 
     path = Path(path)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = load_checkpoint(path, device=device)
-    calibrated = read_training_info(path).get("score_threshold")
+    training = read_training_info(path)
+    calibrated = training.get("score_threshold")
     source = "given" if "score_threshold" in options else "default"
     if calibrated is not None and "score_threshold" not in options:
         options["score_threshold"], source = float(calibrated), "calibrated in training"
     logger.info("ObjEmbed checkpoint %s loaded on %s; objects scoring >= %.3f are stored (%s)", path, device,
                 options.get("score_threshold", DEFAULT_SCORE_THRESHOLD), source)
-    return ObjEmbedEmbedder(model, version=checkpoint_version(path), **options)
+    embedder = ObjEmbedEmbedder(model, version=checkpoint_version(path), **options)
+    embedder.indexing_caveat = synthetic_only_caveat(path, training)
+    return embedder
+
+
+def synthetic_only_caveat(path: Path, training: dict) -> str | None:
+    """The warning for a checkpoint whose record (``training.data`` in its config.json, written by
+    training) says it saw synthetic data only; None otherwise, and for checkpoints without a record."""
+    data = training.get("data")
+    if not isinstance(data, dict) or data.get("synthetic_only") is not True:
+        return None
+    sources = ", ".join(data.get("sources") or ()) or "synthetic"
+    return (f"the model {path} was trained on synthetic shapes only ({sources}): it demonstrates the training "
+            "pipeline, and its objects, labels and captions on real photos are not meaningful")

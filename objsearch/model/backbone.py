@@ -52,13 +52,20 @@ class ViTBackbone(nn.Module):
         super().__init__()
         import timm
 
-        self.vit = timm.create_model(
-            config.backbone,
-            pretrained=config.backbone_pretrained,
-            img_size=config.image_size,
-            num_classes=0,
-            **config.backbone_kwargs,
-        )
+        try:
+            self.vit = timm.create_model(
+                config.backbone,
+                pretrained=config.backbone_pretrained,
+                img_size=config.image_size,
+                num_classes=0,
+                **config.backbone_kwargs,
+            )
+        except OSError as exc:  # the hub's LocalEntryNotFoundError, a connection or HTTP error, a missing file
+            if not config.backbone_pretrained:
+                raise
+            from objsearch.model.pretrained import image_encoder_unavailable, short_reason
+
+            raise image_encoder_unavailable(config, short_reason(exc)) from exc
         self.patch_size = config.patch_size
         self.grid = config.image_size // self.patch_size
         self.num_channels = int(self.vit.embed_dim)

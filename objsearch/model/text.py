@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from objsearch.model.config import ObjEmbedConfig
+from objsearch.model.sentence_encoder import MINILM_ID, packaged_minilm_dir
 
 logger = logging.getLogger(__name__)
 
@@ -18,8 +19,6 @@ logger = logging.getLogger(__name__)
 def resolve_text_source(name: str) -> str:
     """Where to load ``name`` from: the copy of all-MiniLM-L6-v2 shipped in a PyPI package when that is
     the model asked for and it is installed (this works offline), else the name itself (the hub or a dir)."""
-    from objsearch.embedders.sentence_encoder import MINILM_ID, packaged_minilm_dir
-
     if name == MINILM_ID and packaged_minilm_dir() is not None:
         return str(packaged_minilm_dir())
     return name
@@ -52,8 +51,13 @@ class TextEncoder(nn.Module):
                 transformers_logging.set_verbosity(verbosity)
         else:
             source = resolve_text_source(config.text_model)
-            self.encoder = AutoModel.from_pretrained(source)
-            self.tokenizer = AutoTokenizer.from_pretrained(source)
+            try:
+                self.encoder = AutoModel.from_pretrained(source)
+                self.tokenizer = AutoTokenizer.from_pretrained(source)
+            except OSError as exc:  # transformers' "couldn't connect"/"not a valid model identifier", hub errors
+                from objsearch.model.pretrained import short_reason, text_encoder_unavailable
+
+                raise text_encoder_unavailable(config, short_reason(exc)) from exc
             config.text_config = self.encoder.config.to_dict()
         self.pooling = config.text_pooling
         self.max_length = config.text_max_length

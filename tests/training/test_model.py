@@ -24,7 +24,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def _meta_parameter_counts(name: str, text_config: dict) -> dict[str, int]:
     """Build a preset on the meta device (no memory, no download) and count its parameters."""
-    from objsearch.embedders.sentence_encoder import packaged_minilm_dir
+    from objsearch.model.sentence_encoder import packaged_minilm_dir
 
     config = preset(name, backbone_pretrained=False, text_config=text_config)
     with torch.device("meta"):
@@ -39,7 +39,7 @@ def _meta_parameter_counts(name: str, text_config: dict) -> dict[str, int]:
 def _text_config(name: str) -> dict:
     from transformers import AutoConfig, BertConfig
 
-    from objsearch.embedders.sentence_encoder import packaged_minilm_dir
+    from objsearch.model.sentence_encoder import packaged_minilm_dir
 
     if name == "large":  # bert-large-uncased
         return BertConfig(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096).to_dict()
@@ -201,17 +201,38 @@ def overfit_caption(model):
     return head.eval(), embedding, tokenizer
 
 
-def test_caption_generate_returns_token_lists_greedy_and_beam(model):
-    tokenizer = model.text.tokenizer
-    start, end = tokenizer.cls_token_id, tokenizer.sep_token_id
+def _caption_log_probability(head, embedding, ids, start, end, max_length) -> float:
+    """Length-normalised log-probability of the caption ``ids`` (ended by ``end`` when shorter than
+    ``max_length``), by teacher forcing: the score beam search ranks by."""
+    sequence = [start, *ids] + ([end] if len(ids) < max_length else [])
+    with torch.no_grad():
+        log_probs = head(embedding[None], torch.tensor([sequence[:-1]])).log_softmax(-1)[0]
+    total = sum(float(log_probs[i, token]) for i, token in enumerate(sequence[1:]))
+    return total / (len(sequence) - 1) ** 0.5
+
+
+def test_greedy_captions_take_the_likeliest_token_and_beam_captions_are_at_least_as_likely(model):
+    """Three objects decoded together: each greedy caption is the one decoded alone from the full
+    causal logits, token by token the likeliest, ending at the end token or at max_length; beam search
+    (3 beams) finds captions no less likely than greedy's under the score it ranks by."""
+    head, tokenizer = model.caption_head, model.text.tokenizer
+    start, end, max_length = tokenizer.cls_token_id, tokenizer.sep_token_id, 5
     embeddings = F.normalize(torch.randn(3, model.config.embed_dim, generator=torch.Generator().manual_seed(7)), dim=-1)
-    for beam_size in (1, 3):
-        ids = model.caption_head.generate(embeddings, start, end, beam_size=beam_size, max_length=5)
-        assert isinstance(ids, list) and len(ids) == 3
-        for row in ids:
-            assert isinstance(row, list) and all(isinstance(t, int) for t in row)
-            assert len(row) <= 5 and end not in row and start not in row[:1]
-            assert all(0 <= t < len(tokenizer) for t in row)
+    greedy = head.generate(embeddings, start, end, beam_size=1, max_length=max_length)
+    for embedding, ids in zip(embeddings, greedy):
+        expected = [start]
+        with torch.no_grad():
+            while len(expected) <= max_length:
+                expected.append(int(head(embedding[None], torch.tensor([expected]))[0, -1].argmax()))
+                if expected[-1] == end:
+                    break
+        assert ids == [t for t in expected[1:] if t != end]
+    beams = head.generate(embeddings, start, end, beam_size=3, max_length=max_length)
+    assert len(beams) == 3
+    for embedding, beam_ids, greedy_ids in zip(embeddings, beams, greedy):
+        assert len(beam_ids) <= max_length and end not in beam_ids
+        beam_score = _caption_log_probability(head, embedding, beam_ids, start, end, max_length)
+        assert beam_score >= _caption_log_probability(head, embedding, greedy_ids, start, end, max_length) - 1e-5
 
 
 def test_greedy_decoding_recovers_an_overfitted_phrase(overfit_caption):

@@ -103,29 +103,96 @@ def test_a_time_budget_that_ends_the_run_early_anneals_towards_its_projected_end
 # ---------------------------------------------------------------------------------------- a real run
 
 
+def _script_detections(monkeypatch, synthetic_dir) -> None:
+    """What "the model" detects in the run's evaluations (three steps find nothing), by image content,
+    chosen so that the store threshold of best F1 can be worked out by hand:
+
+    val (the calibration): each image's first object (by annotation id) at its exact box, score 0.9,
+    every other object exactly at 0.7, a false positive over the whole image at 0.8, and in the first
+    image also its first object's box shifted by half its width (IoU 1/3 with it: a miss) at 0.95.
+    test: each image's first object exactly at 0.9, the others exactly at 0.3. Every detection's
+    embedding is the text embedding of its object's category, so its label is right."""
+    import hashlib
+
+    import numpy as np
+    from PIL import Image
+
+    from objsearch.embedders.base import Detections
+    from objsearch.embedders.objembed import ObjEmbedEmbedder
+    from training.data.sources import synthetic_paths
+
+    table: dict[str, tuple[str, list]] = {}
+
+    def key(pixels) -> str:
+        return hashlib.sha1(np.ascontiguousarray(pixels).tobytes()).hexdigest()
+
+    def objects(pixels) -> tuple[str, list]:
+        if not table:
+            for split in ("val", "test"):
+                paths = synthetic_paths(synthetic_dir, split)
+                coco = json.loads(paths["instances_json"].read_text())
+                names = {c["id"]: c["name"] for c in coco["categories"]}
+                for record in coco["images"]:
+                    with Image.open(paths["image_dir"] / record["file_name"]) as image:
+                        found = sorted((a for a in coco["annotations"] if a["image_id"] == record["id"]), key=lambda a: a["id"])
+                        table[key(np.asarray(image.convert("RGB")))] = (split, record["id"], [
+                            ([x, y, x + w, y + h], names[a["category_id"]]) for a in found for x, y, w, h in [a["bbox"]]])
+        return table[key(pixels)]
+
+    def detect(self, images):
+        results = []
+        for pixels in images:
+            split, image_id, gt = objects(pixels)
+            first_image = image_id == min(i for s, i, _ in table.values() if s == split)
+            rows = [(box, name, 0.9 if i == 0 else (0.7 if split == "val" else 0.3)) for i, (box, name) in enumerate(gt)]
+            if split == "val":
+                height, width = pixels.shape[:2]
+                rows.append(([0, 0, width, height], gt[0][1], 0.8))
+                if first_image:
+                    (x1, y1, x2, y2), name = gt[0]
+                    rows.append(([x1 + (x2 - x1) / 2, y1, x2 + (x2 - x1) / 2, y2], name, 0.95))
+            rows = [row for row in rows if row[2] >= self.score_threshold]
+            embeddings = self.embed_texts([name for _, name, _ in rows]) if rows else np.zeros((0, self.embed_dim))
+            results.append(Detections(np.array([box for box, _, _ in rows]).reshape(-1, 4),
+                                      [score for _, _, score in rows], [name for _, name, _ in rows], embeddings))
+        return results
+
+    monkeypatch.setattr(ObjEmbedEmbedder, "detect", detect)
+
+
 def test_training_main_writes_a_checkpoint_and_metrics_then_resumes(tmp_path, caplog, capsys, monkeypatch):
-    from objsearch import metrics as objsearch_metrics
     from objsearch.model.checkpoint import load_checkpoint
     from training.train import main
 
-    # Three steps find no object, so the val calibration would give None: pin what it finds, so the
-    # path from the val evaluation into the checkpoint is exercised.
-    monkeypatch.setattr(objsearch_metrics, "best_f1_score_threshold",
-                        lambda *args, **kwargs: {"threshold": 0.43215, "precision": 0.9, "recall": 0.8, "f1": 0.85})
-
+    _script_detections(monkeypatch, tmp_path / "synthetic")
     caplog.set_level(logging.INFO, logger="training.engine")
     run = tmp_path / "run"
     assert main(tiny_run_arguments(tmp_path, steps=3)) == 0
+    val = json.loads((tmp_path / "synthetic" / "annotations" / "instances_val.json").read_text())
+    assert (len(val["images"]), len(val["annotations"])) == (4, 11), "the hand-worked case below assumes it"
+    # On val, keeping the detections scoring >= t, with its 11 objects in 4 images:
+    #   t = 0.95: the shifted box only, no object found          F1 0
+    #   t = 0.9:  4 found, 1 false positive: P 4/5,  R 4/11     F1 0.5
+    #   t = 0.8:  4 found, 5 false positives: P 4/9, R 4/11     F1 0.4
+    #   t = 0.7: 11 found, 5 false positives: P 11/16, R 1      F1 22/27 = 0.815  <- the best
     config = json.loads((run / "final" / "config.json").read_text())
     assert config["model_type"] == "objembed" and config["training"]["steps"] == 3
+    assert config["training"]["score_threshold"] == 0.7, "the calibrated threshold is carried in the checkpoint"
     assert (run / "final" / "model.safetensors").is_file()
+    assert any(r.getMessage() == "store threshold 0.700: detection precision 0.688, recall 1.000 on the val split"
+               for r in caplog.records), "11/16 of the detections kept are objects, and all 11 objects are found"
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["steps"] == 3 and metrics["images_seen"] == 6
     assert metrics["lr_schedule_clock_from_step"] is None  # no time budget: the steps set the schedule
-    assert 0 <= metrics["test"]["detection"]["AP"] <= 1 and 0 <= metrics["test"]["zero_shot_accuracy"] <= 1
     assert [point["step"] for point in metrics["curve"]] == [3], "the final weights are evaluated on val"
-    assert metrics["curve"][-1]["best_f1_threshold"] == 0.43215
-    assert config["training"]["score_threshold"] == pytest.approx(0.43215, abs=1e-4), "carried in the checkpoint"
+    assert metrics["curve"][-1]["best_f1_threshold"] == pytest.approx(0.7)
+    # The test split, evaluated with the calibrated threshold: every object is found at its exact box
+    # with its own label and no false positive, so AP is 1 (the ones at 0.3 are under the store
+    # threshold but still count for AP); the index would store the 4 first objects (0.9), not the one at 0.3.
+    test = metrics["test"]
+    assert test["counts"] == {"images": 4, "objects": 5, "crowd_regions": 0, "stored_objects": 4}
+    assert test["detection"]["AP"] == pytest.approx(1.0) and test["detection_class_agnostic"]["AP50"] == pytest.approx(1.0)
+    assert test["best_f1_score_threshold"] == pytest.approx({"threshold": 0.3, "precision": 1.0, "recall": 1.0, "f1": 1.0})
     loaded = load_checkpoint(run / "final")  # the engine's loader accepts what training wrote
     assert loaded.config.image_size == SMALL_OVERRIDES["image_size"] and loaded.config.categories
 
@@ -349,12 +416,31 @@ def test_bfloat16_is_chosen_only_where_the_device_runs_it_natively(monkeypatch):
         assert fast_bfloat16(torch.device("cpu")) is expected
 
 
-def test_no_arguments_means_the_tiny_preset_with_its_time_budget():
-    from training.train import DEFAULT_PRESET
+def test_no_arguments_trains_the_tiny_preset_for_the_steps_and_minutes_its_help_promises(monkeypatch, capsys):
+    """``python -m training.train`` alone, and with overrides only: the run it starts (the Trainer is
+    replaced by a recorder) is the one ``--help`` describes."""
+    import training.engine
+    from training.train import main
 
-    config = load_config(DEFAULT_PRESET)
-    assert config.preset == "tiny" and config.output_dir == "runs/tiny"
-    assert 0 < config.optim.max_minutes < 30  # the default run fits the 30 minutes it is promised
+    started = []
+
+    class Recorder:
+        def __init__(self, config: TrainConfig) -> None:
+            started.append(config)
+
+        def fit(self) -> dict:
+            return {"test": {}}
+
+    monkeypatch.setattr(training.engine, "Trainer", Recorder)
+    assert main([]) == 0 and main(["--optim.steps", "5"]) == 0
+    default, overridden = started
+    assert (default.preset, default.output_dir, default.optim.steps, default.optim.max_minutes) == ("tiny", "runs/tiny", 2000, 27)
+    assert (overridden.preset, overridden.optim.steps, overridden.optim.max_minutes) == ("tiny", 5, 27)
+    capsys.readouterr()
+    assert main(["--help"]) == 0
+    shown = " ".join(capsys.readouterr().out.split())
+    assert "the tiny model on a freshly generated synthetic set" in shown and "writing ``runs/tiny/final``" in shown
+    assert "It trains 2000 steps or for 27 minutes, whichever ends first" in shown
 
 
 @pytest.mark.parametrize("name", ["tiny", "base", "large"])

@@ -24,9 +24,22 @@ def synthetic_paths(root: Path, split: str) -> dict[str, Path]:
     }
 
 
+def data_record(data: DataConfig) -> dict[str, Any]:
+    """What a run trains on, for its checkpoint (``config.json``, ``training.data``): every source with a
+    share of the batches, its format ("synthetic" for the generated set) and share, and whether all of
+    them are synthetic (``objsearch index`` then warns that the model is not one for real photos)."""
+    sources = {}
+    for name, share in data.mix.items():
+        if share > 0:
+            kind = "synthetic" if name in (SYNTHETIC, SYNTHETIC_REFS) else data.sources.get(name, {}).get("format")
+            sources[name] = {"format": kind, "share": share}
+    synthetic_only = bool(sources) and all(source["format"] == "synthetic" for source in sources.values())
+    return {"sources": sources, "synthetic_only": synthetic_only}
+
+
 def ensure_synthetic(data: DataConfig) -> Path:
     """Generate the synthetic set when missing (the generator refuses a directory holding another set)."""
-    from training.data.synthetic import SyntheticConfig, generate
+    from objsearch.datasets.synthetic import SyntheticConfig, generate
 
     root = Path(data.synthetic_dir)
     config = SyntheticConfig(seed=data.synthetic_seed, num_train=data.synthetic_train, num_val=data.synthetic_val,
