@@ -63,13 +63,15 @@ def discover(roots: Iterable[str | os.PathLike], exclude: Sequence[str] = ()) ->
 
     A glob is matched against the path relative to its root, the file name and the absolute path.
     Symlinked directories are not followed (no loops); symlinked files are. Directories that
-    cannot be listed are reported, not fatal.
+    cannot be listed are reported, not fatal. A file named as a root is taken whatever its
+    extension: the user asked for it, so if it is no image, decoding records why.
     """
     found = Discovery()
     seen: set[str] = set()
     for root in roots:
         root = os.path.abspath(root)
-        if os.path.isfile(root):
+        named_file = os.path.isfile(root)
+        if named_file:
             candidates = [root]
         elif os.path.isdir(root):
             candidates = []
@@ -85,7 +87,7 @@ def discover(roots: Iterable[str | os.PathLike], exclude: Sequence[str] = ()) ->
         else:
             raise FileNotFoundError(root)
         for path in candidates:
-            if Path(path).suffix.lower() not in IMAGE_EXTENSIONS or path in seen or _excluded(path, root, exclude):
+            if (not named_file and Path(path).suffix.lower() not in IMAGE_EXTENSIONS) or path in seen or _excluded(path, root, exclude):
                 continue
             try:
                 stat = os.stat(path)

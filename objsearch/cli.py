@@ -1,13 +1,16 @@
 """The `objsearch` command. Each command parses its options and makes one library call.
 
 The library raises ObjsearchError for anything a user can fix; here it becomes a one-line
-message on stderr and exit status 1, never a traceback.
+message on stderr and exit status 1, never a traceback. A closed stdout (`objsearch query ... |
+head -1`) ends the command quietly with status 141 (128 + SIGPIPE), as other Unix tools end.
+Help is rendered as plain text (no rich markup, which would eat "[default: ...]").
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from functools import wraps
 from pathlib import Path
@@ -22,15 +25,17 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
 )
 
 IndexOption = Annotated[
     Path | None,
-    typer.Option("--index", envvar="OBJSEARCH_INDEX", help="Index directory [default: ./.objsearch].", show_default=False),
+    typer.Option("--index", envvar="OBJSEARCH_INDEX", metavar="DIR", help="Index directory [default: ./.objsearch].", show_default=False),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 IndexTypeOption = Annotated[str | None, typer.Option("--index-type", help="FAISS factory string for the vectors (e.g. 'IVF4096,SQ8'), or 'auto' (chosen by size and memory budget).", show_default=False)]
 MaxMemoryOption = Annotated[str | None, typer.Option("--max-index-memory", help="Memory budget of the vector index, e.g. 4GB or 512MB ('0' = none).", show_default=False)]
+TimeLimitOption = Annotated[float, typer.Option("--time-limit", min=0.001, metavar="SECONDS", help="Stop the query with an error after this many seconds.")]
 
 _UNITS = {"": 1, "B": 1, "K": 1 << 10, "KB": 1 << 10, "M": 1 << 20, "MB": 1 << 20, "G": 1 << 30, "GB": 1 << 30, "T": 1 << 40, "TB": 1 << 40}
 
@@ -59,6 +64,9 @@ def _friendly_errors(command):
         except ObjsearchError as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(1) from None
+        except BrokenPipeError:  # the reader of stdout went away: stop quietly, as `head` expects
+            _silence_stdout()
+            raise typer.Exit(141) from None
         except OSError as exc:  # disk full, I/O error, permissions: commits are atomic
             where = f": {exc.filename}" if exc.filename else ""
             typer.echo(f"error: {exc.strerror or exc}{where} (the index keeps its last committed state)", err=True)
@@ -70,13 +78,47 @@ def _friendly_errors(command):
     return run
 
 
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so that flushing it at exit raises no second BrokenPipeError."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout is no file (e.g. captured by a test runner)
+        pass
+    finally:
+        os.close(devnull)
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes each record to ``sys.stderr`` as it is when the record comes (a test runner such as
+    typer's CliRunner swaps it for every invocation), so the library's warnings reach the user."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # StreamHandler assigns it; the current sys.stderr is always used
+        pass
+
+
 @app.callback()
-def _configure(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log what happens (INFO).")] = False) -> None:
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        format="%(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+def _configure(ctx: typer.Context,
+               verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log what happens (INFO).")] = False) -> None:
+    # The library's WARNING records (INFO with -v) go to stderr, one line each, for the command's run.
+    # Not logging.basicConfig: it does nothing where the root logger already has a handler (a host
+    # program, a test runner), and the user would never see the warning.
+    root = logging.getLogger()
+    handler, level = _StderrHandler(), root.level
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    root.addHandler(handler)
+    root.setLevel(logging.INFO if verbose else logging.WARNING)
+
+    def restore() -> None:
+        root.removeHandler(handler)
+        root.setLevel(level)
+
+    ctx.call_on_close(restore)
     for noisy in ("transformers", "httpx", "huggingface_hub"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
 
@@ -87,7 +129,7 @@ def index(
     folders: Annotated[list[Path], typer.Argument(help="Folders (searched recursively) or image files.", show_default=False)],
     index_path: IndexOption = None,
     model: Annotated[str | None, typer.Option("--model", help="Embedder name, 'module:factory', or checkpoint dir [default: the index's own, or bundled].", show_default=False)] = None,
-    exclude: Annotated[list[str] | None, typer.Option("--exclude", help="Glob of paths to skip; repeatable.")] = None,
+    exclude: Annotated[list[str] | None, typer.Option("--exclude", metavar="GLOB", help="Glob of paths to skip; repeatable.")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=0, help="Images per forward pass (0 = chosen for the device).")] = 0,
     workers: Annotated[int, typer.Option("--workers", min=0, help="Decoding processes (0 = automatic).")] = 0,
     commit_every: Annotated[int, typer.Option("--commit-every", min=1, help="Images per commit: the most a kill can lose.")] = 64,
@@ -128,7 +170,7 @@ def query(
     image: Annotated[Path | None, typer.Option("--image", help="Find objects like this image (or a --box of it).")] = None,
     box: Annotated[str | None, typer.Option("--box", help="x1,y1,x2,y2 pixels of --image.")] = None,
     object_id: Annotated[int | None, typer.Option("--object", help="Find objects like this indexed object id.")] = None,
-    top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="How many results.")] = 10,
+    top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, metavar="K", help="How many results.")] = 10,
     where: Annotated[str | None, typer.Option("--where", help="SQL predicate on object/image columns, e.g. \"label = 'dog' AND width > 500\".")] = None,
     min_score: Annotated[float | None, typer.Option("--min-score", help="Drop results whose similarity is below this.")] = None,
     per_image: Annotated[bool, typer.Option("--per-image", help="Keep only the best object of each image.")] = False,
@@ -136,6 +178,7 @@ def query(
     html: Annotated[Path | None, typer.Option("--html", help="Also write an HTML gallery with the boxes drawn.")] = None,
     index_path: IndexOption = None,
     model: Annotated[str | None, typer.Option("--model", help="Must be the model that built the index.")] = None,
+    time_limit: TimeLimitOption = 30.0,
 ) -> None:
     """Search by TEXT, by an example region (--image [--box]) or by an indexed object (--object)."""
     from objsearch.search import open_index
@@ -146,7 +189,7 @@ def query(
     if box is not None and image is None:
         raise BadQuery("--box needs --image")
     options = dict(where=where, min_score=min_score, per_image=per_image)
-    with open_index(index_path, model=model) as idx:
+    with open_index(index_path, model=model, time_limit_s=time_limit) as idx:
         if text is not None:
             hits, title = idx.search_text(text, top_k, **options), text
         elif image is not None:
@@ -207,11 +250,12 @@ def sql(
     statement: Annotated[str, typer.Argument(help="One SELECT over the tables images, objects and objects_images.")],
     index_path: IndexOption = None,
     as_json: JsonOption = False,
+    time_limit: TimeLimitOption = 30.0,
 ) -> None:
     """Run a read-only SQL query over the index's tables (DuckDB)."""
     from objsearch.search import open_index
 
-    with open_index(index_path) as idx:
+    with open_index(index_path, time_limit_s=time_limit) as idx:
         columns, rows = idx.sql(statement)
     if as_json:
         typer.echo(json.dumps([dict(zip(columns, r)) for r in rows], indent=2, default=str))
@@ -285,9 +329,9 @@ app.add_typer(bench_app, name="bench")
 @_friendly_errors
 def bench_coco_search(
     data: Annotated[Path | None, typer.Option("--data", help="COCO-format directory: annotations/instances_*.json + images (optional refs_*.json) (default: the built-in synthetic set).", show_default=False)] = None,
-    model: Annotated[list[str] | None, typer.Option("--model", help="Embedder name, 'module:factory', or checkpoint dir; repeat to compare several (default: bundled).", show_default=False)] = None,
+    model: Annotated[list[str] | None, typer.Option("--model", metavar="MODEL", help="Embedder name, 'module:factory', or checkpoint dir; repeat to compare several (default: bundled).", show_default=False)] = None,
     split: Annotated[str | None, typer.Option("--split", help="Which instances_SPLIT.json to measure, e.g. val2017 or val (default: test, else val).", show_default=False)] = None,
-    max_images: Annotated[int | None, typer.Option("--max-images", min=1, help="Measure only the first N images (by id).", show_default=False)] = None,
+    max_images: Annotated[int | None, typer.Option("--max-images", min=1, metavar="N", help="Measure only the first N images (by id).", show_default=False)] = None,
     out: Annotated[Path, typer.Option("--out", help="Folder for results.json, results.md and pr_curve.png.")] = Path("bench-results"),
     seed: Annotated[int, typer.Option("--seed", help="Seed of the synthetic set and of sampled queries.")] = 0,
 ) -> None:

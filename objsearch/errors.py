@@ -42,3 +42,30 @@ class BadQuery(ObjsearchError):
 
 class FormatVersionError(ObjsearchError):
     """The index was written by an incompatible format version."""
+
+
+class QueryTimeout(BadQuery):
+    """A query ran past its time limit and was stopped."""
+
+
+class BadDataset(ObjsearchError):
+    """A dataset file (COCO instances, RefCOCO-style refs) is not JSON, or a field is missing or malformed.
+
+    ``path`` is the file, ``field`` where in it (e.g. ``annotations[3].bbox``; None: the whole file),
+    ``reason`` what is wrong.
+    """
+
+    def __init__(self, path: str, field: str | None, reason: str) -> None:
+        super().__init__(f"{path}: {field}: {reason}" if field else f"{path}: {reason}")
+        self.path = str(path)
+        self.field = field
+        self.reason = reason
+
+
+class PretrainedUnavailable(ObjsearchError):
+    """A pretrained part of a model (``part``: "image encoder" or "text encoder") could not be fetched
+    from the Hugging Face hub nor found locally; the message says how to go on, in one line."""
+
+    def __init__(self, part: str, message: str) -> None:
+        super().__init__(message)
+        self.part = part

@@ -16,10 +16,10 @@ from typing import Sequence
 import numpy as np
 
 from objsearch.embedders.base import ObjectEmbedder, load_embedder
-from objsearch.errors import BadQuery, IndexCorrupt
+from objsearch.errors import BadQuery, IndexCorrupt, QueryTimeout
 from objsearch.hits import Hit
 from objsearch.store import vectors
-from objsearch.store.catalog import Catalog
+from objsearch.store.catalog import DEFAULT_TIME_LIMIT_S, Catalog
 from objsearch.store.layout import EmbedderInfo, Manifest, missing_or_resized, read_manifest, resolve_index_path
 from objsearch.store.writer import check_embedder
 
@@ -29,12 +29,18 @@ MAX_QUERY_CHARS = 10_000  # longer text is refused: the text encoder reads ~128 
 
 
 class Index:
-    """A read-only view of one committed generation of an index."""
+    """A read-only view of one committed generation of an index.
 
-    def __init__(self, root: Path, manifest: Manifest, embedder: ObjectEmbedder | str | None = None) -> None:
+    ``time_limit_s``: the longest one search or SQL statement may take (None = no limit); past it
+    the query stops with ``QueryTimeout``.
+    """
+
+    def __init__(self, root: Path, manifest: Manifest, embedder: ObjectEmbedder | str | None = None,
+                 time_limit_s: float | None = DEFAULT_TIME_LIMIT_S) -> None:
         self.root = root
         self.manifest = manifest
-        self.catalog = Catalog(root, manifest)
+        self.time_limit_s = time_limit_s
+        self.catalog = Catalog(root, manifest, time_limit_s)
         self._vectors = None
         self._searcher: vectors.Searcher | None = None
         self._embedder: ObjectEmbedder | None = None
@@ -125,18 +131,27 @@ class Index:
             raise BadQuery(f"query embedding has {embedding.shape[0]} dimensions; this index has {self.manifest.embedder.embed_dim}")
         allowed = self.catalog.filter_object_ids(where) if where else None
         index = self.vector_index
-        available = index.ntotal if allowed is None else len(allowed)
-        fetch = k + len(exclude)
+        # The most FAISS can return: an allowed id need not be in FAISS (nor a FAISS id in Parquet).
+        available = index.ntotal if allowed is None else min(len(allowed), index.ntotal)
+        fetch = min(available, (k + len(exclude)) * (4 if per_image else 1))
         started = time.perf_counter()
         while True:
-            scores, ids = self.searcher.search(embedding[None], fetch * (4 if per_image else 1), allowed)
+            # Widen the fetch until k hits survive the row look-up, exclusion and per-image rules;
+            # it at least quadruples each round and never exceeds ``available``, so the loop ends.
+            scores, ids = self.searcher.search(embedding[None], max(fetch, 1), allowed)
             hits = self._select(scores[0], ids[0], k, min_score, per_image, set(exclude))
-            exhausted = ids.shape[1] >= available or (min_score is not None and len(scores[0]) and scores[0][-1] < min_score)
-            if len(hits) >= k or exhausted:
+            returned = int((ids[0] >= 0).sum())
+            below_min = min_score is not None and returned and scores[0][returned - 1] < min_score
+            if len(hits) >= k or fetch >= available or returned < fetch or below_min:
                 break
-            fetch *= 4
+            self._check_time(started)
+            fetch = min(available, fetch * 4)
         logger.debug("search took %.1f ms", (time.perf_counter() - started) * 1e3)
         return hits
+
+    def _check_time(self, started: float) -> None:
+        if self.time_limit_s is not None and time.perf_counter() - started > self.time_limit_s:
+            raise QueryTimeout(f"the query ran longer than the {self.time_limit_s:g} s limit and was stopped")
 
     def _select(self, scores, ids, k, min_score, per_image, exclude) -> list[Hit]:
         valid = ids >= 0
@@ -197,18 +212,19 @@ def _check_text(query: str) -> str:
     return cleaned
 
 
-def open_index(path: str | os.PathLike | None = None, *, model: ObjectEmbedder | str | None = None, retries: int = 3) -> Index:
+def open_index(path: str | os.PathLike | None = None, *, model: ObjectEmbedder | str | None = None, retries: int = 3,
+               time_limit_s: float | None = DEFAULT_TIME_LIMIT_S) -> Index:
     """Open the committed state of the index at ``path`` (default: $OBJSEARCH_INDEX or ./.objsearch).
 
     ``model`` (an embedder or a --model string) must be the one that built the index; by default
-    the recorded one is loaded when a query first needs it.
+    the recorded one is loaded when a query first needs it. ``time_limit_s``: see ``Index``.
     """
     root = resolve_index_path(path)
     for attempt in range(retries):
         manifest = read_manifest(root)
         damaged = missing_or_resized(root, manifest)
         if not damaged:
-            return Index(root, manifest, model)
+            return Index(root, manifest, model, time_limit_s)
         # Perhaps a writer replaced the manifest while we read it: look again before giving up.
         logger.debug("index files missing or resized while opening (attempt %d): %s", attempt + 1, damaged[:3])
         time.sleep(0.05)

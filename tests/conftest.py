@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 
+pytest_plugins = ["tests.skips_fail_in_ci"]
+
 REPO = Path(__file__).resolve().parents[1]
-BLOBS = "tests.blob_embedder:build"
+BLOBS = "objsearch.datasets.blob_embedder:build"
 
 
 @pytest.fixture(scope="session")

@@ -36,8 +36,11 @@ DEFAULT_INDEX_DIR = ".objsearch"
 
 
 def resolve_index_path(path: str | os.PathLike | None) -> Path:
-    """--index PATH, else $OBJSEARCH_INDEX, else ./.objsearch."""
-    return Path(path or os.environ.get(INDEX_ENV_VAR) or DEFAULT_INDEX_DIR)
+    """--index PATH, else $OBJSEARCH_INDEX, else ./.objsearch; IndexNotFound when that is an existing non-directory."""
+    root = Path(path or os.environ.get(INDEX_ENV_VAR) or DEFAULT_INDEX_DIR)
+    if root.exists() and not root.is_dir():
+        raise IndexNotFound(f"{root} is a file, not an index directory; give --index a directory (new or holding an index)")
+    return root
 
 
 @dataclass

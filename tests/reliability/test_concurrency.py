@@ -6,10 +6,10 @@ import time
 
 from objsearch import open_index
 from objsearch.store.layout import MANIFEST
-from tests.blob_embedder import build as build_blobs
+from objsearch.datasets.scenes import make_dataset
+from objsearch.datasets.blob_embedder import build as build_blobs
 from tests.conftest import run_cli
 from tests.reliability.helpers import index_args, snapshot, start_cli
-from tests.scenes import make_dataset
 
 
 def test_queries_while_indexing_see_only_whole_commits(tmp_path):
@@ -20,7 +20,7 @@ def test_queries_while_indexing_see_only_whole_commits(tmp_path):
     while not (root / MANIFEST).exists():
         time.sleep(0.01)
     embedder = build_blobs()
-    states, queries = set(), 0
+    states, queries, queries_with_red = set(), 0, 0
     while writer.poll() is None:
         objects, images = snapshot(root)  # opens the index; asserts every invariant
         # Every commit holds whole images: each indexed scene has its three boxes.
@@ -28,13 +28,18 @@ def test_queries_while_indexing_see_only_whole_commits(tmp_path):
         for row in objects:
             per_path[row[0]] = per_path.get(row[0], 0) + 1
         assert set(per_path.values()) <= {3}
+        # The index only grows, so the red boxes of this snapshot are there when the query runs.
+        expected_red = min(5, sum(row[5] == "red box" for row in objects))
         with open_index(root, model=embedder) as index:
             hits = index.search_text("red", k=5, where="score > 0.5")
-            assert all(h.label == "red box" for h in hits if h.similarity > 0.99)
+        assert [h.label for h in hits[:expected_red]] == ["red box"] * expected_red
+        assert all(h.similarity > 0.95 for h in hits[:expected_red])  # 1 / sqrt(1 + the size terms squared)
+        queries_with_red += expected_red > 0
         states.add(len(objects))
         queries += 1
     assert writer.returncode == 0, writer.stderr.read()
     assert queries >= 10 and len(states) >= 3, (queries, states)  # really ran alongside the writer
+    assert queries_with_red >= 5, queries_with_red
     assert len(snapshot(root)[0]) == 450
 
 
