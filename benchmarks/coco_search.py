@@ -38,8 +38,8 @@ import numpy as np
 from tqdm import tqdm
 
 from objsearch.embedders import ObjectEmbedder, load_embedder
-from objsearch.errors import ObjsearchError
 from objsearch.datasets.coco_files import load_coco_instances
+from objsearch.errors import ObjsearchError
 from objsearch.evaluation import CocoSplit, evaluate_embedder
 
 logger = logging.getLogger(__name__)
@@ -201,7 +201,7 @@ def find_coco_split(root: Path, split: str | None = None) -> BenchData:
         raise NotCocoDataset(f"--data {root} is not a COCO-format directory: no annotations/instances_*.json in it")
     if split is not None:
         name = _match_split(split, found, root)
-        coco = _load_instances(found[name])
+        coco = load_coco_instances(found[name])
         if not coco["images"]:
             raise NotCocoDataset(f"split {name!r} of {root} has no images")
     else:
@@ -230,16 +230,10 @@ def _default_split(found: dict[str, Path], root: Path) -> tuple[str, dict]:
     ordered += [n for n in sorted(found) if n not in ordered and not n.startswith("train")]
     ordered += [n for n in sorted(found) if n not in ordered]
     for name in ordered:
-        coco = _load_instances(found[name])
+        coco = load_coco_instances(found[name])
         if coco["images"]:
             return name, coco
     raise NotCocoDataset(f"--data {root}: every instances file is empty (no images)")
-
-
-def _load_instances(path: Path) -> dict:
-    """The instances file, checked (``objsearch.evaluation.load_coco_instances``: BadDataset naming
-    the file and the field for a malformed one; a missing ``iscrowd`` is 0)."""
-    return load_coco_instances(path)
 
 
 def _image_dir(root: Path, split: str, first_file: str) -> Path:

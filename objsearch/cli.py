@@ -35,7 +35,7 @@ IndexOption = Annotated[
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 IndexTypeOption = Annotated[str | None, typer.Option("--index-type", help="FAISS factory string for the vectors (e.g. 'IVF4096,SQ8'), or 'auto' (chosen by size and memory budget).", show_default=False)]
 MaxMemoryOption = Annotated[str | None, typer.Option("--max-index-memory", help="Memory budget of the vector index, e.g. 4GB or 512MB ('0' = none).", show_default=False)]
-TimeLimitOption = Annotated[float, typer.Option("--time-limit", min=0.001, metavar="SECONDS", help="Stop the query with an error after this many seconds.")]
+TimeLimitOption = Annotated[float, typer.Option("--time-limit", min=0.001, max=86_400, metavar="SECONDS", help="Stop the query with an error after this many seconds.")]
 
 _UNITS = {"": 1, "B": 1, "K": 1 << 10, "KB": 1 << 10, "M": 1 << 20, "MB": 1 << 20, "G": 1 << 30, "GB": 1 << 30, "T": 1 << 40, "TB": 1 << 40}
 

@@ -16,7 +16,7 @@ from typing import Sequence
 import numpy as np
 
 from objsearch.embedders.base import ObjectEmbedder, load_embedder
-from objsearch.errors import BadQuery, IndexCorrupt, QueryTimeout
+from objsearch.errors import BadQuery, IndexCorrupt
 from objsearch.hits import Hit
 from objsearch.store import vectors
 from objsearch.store.catalog import DEFAULT_TIME_LIMIT_S, Catalog
@@ -31,8 +31,9 @@ MAX_QUERY_CHARS = 10_000  # longer text is refused: the text encoder reads ~128 
 class Index:
     """A read-only view of one committed generation of an index.
 
-    ``time_limit_s``: the longest one search or SQL statement may take (None = no limit); past it
-    the query stops with ``QueryTimeout``.
+    ``time_limit_s``: the longest one search (its filter, vector search rounds and row look-ups
+    together) or one SQL statement may take (None = no limit); past it the query stops with
+    ``QueryTimeout``.
     """
 
     def __init__(self, root: Path, manifest: Manifest, embedder: ObjectEmbedder | str | None = None,
@@ -129,7 +130,8 @@ class Index:
         embedding = np.asarray(embedding, dtype=np.float32).reshape(-1)
         if embedding.shape[0] != self.manifest.embedder.embed_dim:
             raise BadQuery(f"query embedding has {embedding.shape[0]} dimensions; this index has {self.manifest.embedder.embed_dim}")
-        allowed = self.catalog.filter_object_ids(where) if where else None
+        deadline = self.catalog.deadline()  # one time limit for the filter, every round and its row look-ups
+        allowed = self.catalog.filter_object_ids(where, deadline) if where else None
         index = self.vector_index
         # The most FAISS can return: an allowed id need not be in FAISS (nor a FAISS id in Parquet).
         available = index.ntotal if allowed is None else min(len(allowed), index.ntotal)
@@ -139,23 +141,19 @@ class Index:
             # Widen the fetch until k hits survive the row look-up, exclusion and per-image rules;
             # it at least quadruples each round and never exceeds ``available``, so the loop ends.
             scores, ids = self.searcher.search(embedding[None], max(fetch, 1), allowed)
-            hits = self._select(scores[0], ids[0], k, min_score, per_image, set(exclude))
+            hits = self._select(scores[0], ids[0], k, min_score, per_image, set(exclude), deadline)
             returned = int((ids[0] >= 0).sum())
             below_min = min_score is not None and returned and scores[0][returned - 1] < min_score
             if len(hits) >= k or fetch >= available or returned < fetch or below_min:
                 break
-            self._check_time(started)
+            self.catalog.check_deadline(deadline)
             fetch = min(available, fetch * 4)
         logger.debug("search took %.1f ms", (time.perf_counter() - started) * 1e3)
         return hits
 
-    def _check_time(self, started: float) -> None:
-        if self.time_limit_s is not None and time.perf_counter() - started > self.time_limit_s:
-            raise QueryTimeout(f"the query ran longer than the {self.time_limit_s:g} s limit and was stopped")
-
-    def _select(self, scores, ids, k, min_score, per_image, exclude) -> list[Hit]:
+    def _select(self, scores, ids, k, min_score, per_image, exclude, deadline) -> list[Hit]:
         valid = ids >= 0
-        rows = self.catalog.rows_for_objects(ids[valid])
+        rows = self.catalog.rows_for_objects(ids[valid], deadline)
         hits: list[Hit] = []
         seen_images: set[int] = set()
         for score, object_id in zip(scores[valid], ids[valid]):

@@ -9,6 +9,7 @@ import sys
 from tests.conftest import REPO
 
 SKIPPING_TEST = "import pytest\n\ndef test_needs_something():\n    pytest.skip('something is missing')\n"
+SKIPPED_MODULE = "import pytest\n\npytest.skip('no photos', allow_module_level=True)\n\ndef test_photos():\n    pass\n"
 
 
 def run_pytest(folder, ci: str | None):
@@ -27,3 +28,10 @@ def test_a_skip_fails_under_ci_and_stays_a_skip_elsewhere(tmp_path):
     assert "1 failed" in in_ci.stdout and "skipped under CI=true" in in_ci.stdout and "something is missing" in in_ci.stdout
     local = run_pytest(tmp_path, None)
     assert local.returncode == 0 and "1 skipped" in local.stdout, local.stdout
+
+
+def test_a_module_skipped_while_collecting_fails_under_ci(tmp_path):
+    (tmp_path / "test_skipped_module.py").write_text(SKIPPED_MODULE)
+    in_ci = run_pytest(tmp_path, "true")
+    assert in_ci.returncode != 0 and "skipped under CI=true" in in_ci.stdout and "no photos" in in_ci.stdout, in_ci.stdout
+    assert "1 skipped" in run_pytest(tmp_path, None).stdout

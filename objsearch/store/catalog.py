@@ -8,15 +8,17 @@ predicate or a SQL statement cannot read, write, attach or install anything.
 A ``--where`` predicate is parsed as one SQL expression (``duckdb.SQLExpression``) and applied as a
 filter through the relational API, so it can never change the statement around it (no closing
 parenthesis, UNION, ORDER BY or second statement gets through), and it may not hold a subquery.
-Every statement runs under a time limit (``time_limit_s``): past it DuckDB is interrupted and the
-caller gets ``QueryTimeout``.
+Every statement runs under a time limit (``time_limit_s``, or a caller's deadline shared by several
+statements): past it DuckDB is interrupted and the caller gets ``QueryTimeout``.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import threading
+import time
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
@@ -30,6 +32,7 @@ from objsearch.store.layout import Manifest
 logger = logging.getLogger(__name__)
 
 DEFAULT_TIME_LIMIT_S = 30.0  # a filter or SQL statement that runs longer is interrupted
+MAX_PREDICATE_CHARS = 10_000  # a longer --where is refused before it is parsed
 T = TypeVar("T")
 
 HIT_COLUMNS = (schema.OBJECT_ID, schema.IMAGE_ID, schema.PATH, *schema.BOX_COLUMNS, schema.SCORE, schema.LABEL, schema.CAPTION)
@@ -43,7 +46,9 @@ class Catalog:
     """The DuckDB views of one manifest. ``time_limit_s``: the longest any one statement may run (None = no limit)."""
 
     def __init__(self, root: Path, manifest: Manifest, time_limit_s: float | None = DEFAULT_TIME_LIMIT_S) -> None:
-        self.time_limit_s = time_limit_s
+        if time_limit_s is not None and not time_limit_s > 0:
+            raise BadQuery(f"the time limit must be a positive number of seconds, got {time_limit_s}")
+        self.time_limit_s = time_limit_s if time_limit_s is not None and math.isfinite(time_limit_s) else None
         self.con = duckdb.connect(":memory:")
         image_files = [root / e.path for e in manifest.image_shards]
         object_files = [root / e.path for e in manifest.object_shards]
@@ -65,63 +70,90 @@ class Catalog:
         else:
             self.con.execute(f"CREATE VIEW {name} AS {empty_select}")
 
-    def filter_object_ids(self, where: str) -> np.ndarray:
+    def filter_object_ids(self, where: str, deadline: float | None = None) -> np.ndarray:
         """Object ids (int64) whose row in ``objects_images`` satisfies the SQL predicate ``where``.
 
         A predicate on object columns alone runs without the join to images (every object has
         its image, so the result is the same), which is several times faster on large indexes.
+        ``deadline``: see ``deadline()``; by default this call gets the whole time limit.
         """
         predicate = self.parse_predicate(where)
+        deadline = self.deadline() if deadline is None else deadline
         try:
-            return self._timed(lambda: self.con.view("objects_meta").filter(predicate).project("object_id").fetchnumpy())["object_id"].astype(np.int64)
+            return self._object_ids(predicate, "objects_meta", deadline)
         except duckdb.BinderException:
             pass  # names an image column: use the join
-        except duckdb.InterruptException:
-            raise self._timeout() from None
         except duckdb.Error:
             pass  # any other error is reported from the full query below
         try:
-            return self._timed(lambda: self.con.view("objects_images").filter(predicate).project("object_id").fetchnumpy())["object_id"].astype(np.int64)
-        except duckdb.InterruptException:
-            raise self._timeout() from None
+            return self._object_ids(predicate, "objects_images", deadline)
         except duckdb.Error as exc:
             raise BadQuery(f"bad --where predicate {where!r}: {_first_line(exc)}. Columns: {', '.join(schema.FILTERABLE_COLUMNS)}") from None
 
+    def _object_ids(self, predicate: duckdb.Expression, view: str, deadline: float | None) -> np.ndarray:
+        columns = self._timed(lambda: self.con.view(view).filter(predicate).project("object_id").fetchnumpy(), deadline)
+        return columns["object_id"].astype(np.int64)
+
     def parse_predicate(self, where: str) -> duckdb.Expression:
         """``where`` as one boolean SQL expression over the columns, or BadQuery saying why not."""
+        if len(where) > MAX_PREDICATE_CHARS:
+            raise BadQuery(f"the --where predicate is {len(where)} characters long; the limit is {MAX_PREDICATE_CHARS}")
         try:
             predicate = duckdb.SQLExpression(where)
         except duckdb.Error as exc:
             raise BadQuery(f"bad --where predicate {where!r}: it must be one SQL expression over the columns ({_first_line(exc)})") from None
-        tree = json.loads(self.con.execute("SELECT json_serialize_sql($sql)", {"sql": f"SELECT 1 WHERE ({predicate})"}).fetchall()[0][0])
-        if tree.get("error") or _holds_subquery(tree):
+        serialized = self.con.execute("SELECT json_serialize_sql($sql)", {"sql": f"SELECT 1 WHERE ({predicate})"}).fetchall()[0][0]
+        try:
+            tree = json.loads(serialized)
+        except RecursionError:
+            raise BadQuery(f"bad --where predicate {where[:80]!r}...: it is nested too deeply") from None
+        if tree.get("error"):
+            raise BadQuery(f"bad --where predicate {where!r}: {tree.get('error_message', 'it cannot be parsed')}")
+        if _holds_subquery(tree):
             raise BadQuery(f"bad --where predicate {where!r}: a subquery is not allowed in a predicate; use `objsearch sql` for that")
         return predicate
 
-    def _timed(self, run: Callable[[], T]) -> T:
-        """``run()`` with DuckDB interrupted after ``time_limit_s`` (it then raises InterruptException)."""
-        if self.time_limit_s is None:
+    def deadline(self) -> float | None:
+        """The ``time.monotonic()`` by which work started now must end; None without a time limit."""
+        return None if self.time_limit_s is None else time.monotonic() + self.time_limit_s
+
+    def check_deadline(self, deadline: float | None) -> None:
+        """QueryTimeout when ``deadline`` (``time.monotonic()``) has passed."""
+        if deadline is not None and time.monotonic() >= deadline:
+            raise self._timeout_error()
+
+    def _timeout_error(self) -> QueryTimeout:
+        return QueryTimeout(f"the query ran longer than the {self.time_limit_s:g} s limit and was stopped")
+
+    def _timed(self, run: Callable[[], T], deadline: float | None = None) -> T:
+        """``run()`` (DuckDB work on ``self.con``), interrupted at ``deadline`` (default: the whole time
+        limit from now) -> QueryTimeout. The interrupt is disarmed before this returns, so it can
+        never reach a later statement."""
+        deadline = self.deadline() if deadline is None else deadline
+        if deadline is None:
             return run()
-        timer = threading.Timer(self.time_limit_s, self.con.interrupt)
+        self.check_deadline(deadline)
+        interrupter = _Interrupter(self.con)
+        timer = threading.Timer(deadline - time.monotonic(), interrupter.fire)
         timer.start()
         try:
             return run()
+        except duckdb.InterruptException:
+            raise self._timeout_error() from None
         finally:
+            interrupter.disarm()
             timer.cancel()
+            timer.join()
 
-    def _timeout(self) -> QueryTimeout:
-        return QueryTimeout(f"the query ran longer than the {self.time_limit_s:g} s limit and was stopped")
-
-    def rows_for_objects(self, object_ids: np.ndarray) -> dict[int, dict]:
-        """object_id -> the HIT_COLUMNS of that object (ids not in the catalog are left out)."""
+    def rows_for_objects(self, object_ids: np.ndarray, deadline: float | None = None) -> dict[int, dict]:
+        """object_id -> the HIT_COLUMNS of that object (ids not in the catalog are left out).
+        ``deadline``: see ``deadline()``; by default this call gets the whole time limit."""
         if len(object_ids) == 0:
             return {}
         columns = ", ".join(HIT_COLUMNS)
         sql = f"SELECT {columns} FROM objects_images WHERE object_id IN (SELECT unnest($ids))"
         try:
-            names, rows = self._timed(lambda: _fetch(self.con.execute(sql, {"ids": [int(i) for i in object_ids]})))
-        except duckdb.InterruptException:
-            raise self._timeout() from None
+            names, rows = self._timed(lambda: _fetch(self.con.execute(sql, {"ids": [int(i) for i in object_ids]})), deadline)
         except duckdb.Error as exc:  # a shard removed under a long-lived reader
             raise IndexCorrupt(f"cannot read the index's shards ({_first_line(exc)}); reopen the index") from None
         return {row[0]: dict(zip(names, row)) for row in rows}
@@ -135,8 +167,6 @@ class Catalog:
             raise BadQuery(f"only SELECT statements are allowed (got {statements[0].type.name})")
         try:
             return self._timed(lambda: _fetch(self.con.execute(statement)))
-        except duckdb.InterruptException:
-            raise self._timeout() from None
         except duckdb.Error as exc:
             raise BadQuery(f"SQL error: {_first_line(exc)}") from None
 
@@ -165,12 +195,33 @@ def _fetch(result: duckdb.DuckDBPyConnection) -> tuple[list[str], list[tuple]]:
     return [d[0] for d in result.description], result.fetchall()
 
 
-def _holds_subquery(node: Any) -> bool:
-    """Whether a ``json_serialize_sql`` tree holds a subquery expression anywhere."""
-    if isinstance(node, dict):
-        return node.get("class") == "SUBQUERY" or any(_holds_subquery(v) for v in node.values())
-    if isinstance(node, list):
-        return any(_holds_subquery(v) for v in node)
+class _Interrupter:
+    """Interrupts a connection's running statement when fired, unless disarmed first."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
+        self.con, self.lock, self.armed = con, threading.Lock(), True
+
+    def fire(self) -> None:
+        with self.lock:
+            if self.armed:
+                self.con.interrupt()
+
+    def disarm(self) -> None:
+        with self.lock:
+            self.armed = False
+
+
+def _holds_subquery(tree: Any) -> bool:
+    """Whether a ``json_serialize_sql`` tree holds a subquery expression anywhere (walked without recursion)."""
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            if node.get("class") == "SUBQUERY":
+                return True
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
     return False
 
 

@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from indexer.pipeline import IndexOptions, index_folders
 from objsearch.cli import app
+from objsearch.errors import QueryTimeout
 from objsearch.search import open_index
 from objsearch.datasets.scenes import make_dataset
 from objsearch.datasets.blob_embedder import build as build_blobs
@@ -122,7 +123,7 @@ def test_a_filter_naming_ids_that_faiss_lacks_ends_with_every_object(index_dir, 
     """The widening fetch is bounded by the index size, whatever ids the filter lets through."""
     with open_index(index_dir, model=build_blobs()) as idx:
         real_ids = idx.catalog.filter_object_ids("true")
-        monkeypatch.setattr(idx.catalog, "filter_object_ids", lambda where: np.concatenate([real_ids, [999_999, 1_000_000]]))
+        monkeypatch.setattr(idx.catalog, "filter_object_ids", lambda where, deadline=None: np.concatenate([real_ids, [999_999, 1_000_000]]))
         with time_limit(20):
             hits = idx.search_text("red", k=100, where="true")
             per_image = idx.search_text("red", k=100, where="true", per_image=True)
@@ -135,6 +136,25 @@ def test_a_statement_past_its_time_limit_is_stopped(index_dir):
     result = runner.invoke(app, ["sql", "SELECT count(*) FROM range(100000000000)", "--index", str(index_dir), "--time-limit", "0.5"])
     assert result.exit_code == 1 and "ran longer than the 0.5 s limit" in result.output, result.output
     assert time.perf_counter() - started < 10
+
+
+def test_a_search_past_its_time_limit_is_stopped_and_the_next_one_runs(index_dir):
+    with open_index(index_dir, model=build_blobs(), time_limit_s=1e-9) as idx:
+        with pytest.raises(QueryTimeout, match="ran longer than"):
+            idx.search_text("red", k=5, where="score > 0.5")  # the filter starts past the deadline
+        idx.catalog.time_limit_s = 0.5
+        with pytest.raises(QueryTimeout):
+            idx.sql("SELECT count(*) FROM range(100000000000)")
+        idx.catalog.time_limit_s = 30
+        assert idx.sql("SELECT count(*) FROM objects")[1][0][0] > 0  # no interrupt is left over
+        assert len(idx.search_text("red", k=3, where="score > 0.5")) == 3
+
+
+@pytest.mark.parametrize("predicate", ["NOT " * 900 + "true", "abs(" * 900 + "1" + ")" * 900 + " > 0", " + ".join(["1"] * 3000) + " > 0"])
+def test_a_deeply_nested_predicate_is_a_clear_error(index_dir, predicate):
+    result = runner.invoke(app, ["query", "red", "--where", predicate, "--index", str(index_dir)])
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert result.output.startswith("error: ") and "predicate" in result.output
 
 
 def test_no_file_was_written_by_any_of_it():
