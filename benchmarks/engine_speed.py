@@ -36,7 +36,7 @@ def main() -> None:
     from indexer.pipeline import IndexOptions, index_folders
     from objsearch import open_index
     from objsearch.samples import gather_sample_photos
-    from objsearch.store.writer import index_size_bytes
+    from objsearch.store.manifest import index_size_bytes
 
     work = Path(tempfile.mkdtemp(prefix="objsearch-bench-"))
     try:

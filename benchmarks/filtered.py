@@ -22,8 +22,8 @@ import numpy as np
 from benchmarks.ann import clustered_vectors
 from objsearch.embedders.base import Detections
 from objsearch.search import open_index
-from objsearch.store.layout import EmbedderInfo
-from objsearch.store.writer import ImageRecord, IndexWriter
+from objsearch.store.commit import ImageRecord, IndexWriter
+from objsearch.store.manifest import EmbedderInfo
 
 OBJECTS_PER_IMAGE = 100
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from objsearch.store.writer import ImageRecord
+from objsearch.store.commit import ImageRecord
 
 logger = logging.getLogger(__name__)
 

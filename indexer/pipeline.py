@@ -27,8 +27,9 @@ from objsearch import schema
 from objsearch.embedders.base import DEFAULT_EMBEDDER, ObjectEmbedder, load_embedder
 from objsearch.embedders.batch_size import choose_batch_size
 from objsearch.errors import IndexNotFound, ObjsearchError
-from objsearch.store.layout import EmbedderInfo, read_manifest, resolve_index_path
-from objsearch.store.writer import ImageRecord, IndexWriter, check_embedder
+from objsearch.store.commit import ImageRecord, IndexWriter
+from objsearch.store.layout import resolve_index_path
+from objsearch.store.manifest import EmbedderInfo, check_embedder, read_manifest
 
 logger = logging.getLogger(__name__)
 

@@ -217,7 +217,7 @@ def query(
 def info(index_path: IndexOption = None, as_json: JsonOption = False) -> None:
     """Counts, model, index type, size on disk and the files that could not be indexed."""
     from objsearch.search import open_index
-    from objsearch.store.writer import index_size_bytes
+    from objsearch.store.manifest import index_size_bytes
 
     with open_index(index_path) as idx:
         m = idx.manifest
@@ -228,6 +228,8 @@ def info(index_path: IndexOption = None, as_json: JsonOption = False) -> None:
             "generation": m.generation,
             "model": {"name": m.embedder.name, "version": m.embedder.version, "embed_dim": m.embedder.embed_dim},
             "index_type": m.index_type,
+            "segments": len(m.segments),
+            "deleted_objects_on_disk": m.tombstone_count,
             **m.counts,
             "size_bytes": size,
             "bytes_per_object": round(size / m.counts["objects"], 1) if m.counts["objects"] else None,
@@ -273,8 +275,9 @@ def reindex(
     index_path: IndexOption = None,
 ) -> None:
     """Rebuild the vector index from the stored embeddings (optionally as another type)."""
-    from objsearch.store.layout import read_manifest, resolve_index_path
-    from objsearch.store.writer import IndexWriter
+    from objsearch.store.commit import IndexWriter
+    from objsearch.store.layout import resolve_index_path
+    from objsearch.store.manifest import read_manifest
 
     root = resolve_index_path(index_path)
     with IndexWriter(root, read_manifest(root).embedder, index_type=_index_type(index_type), max_index_memory=_bytes(max_index_memory)) as writer:
@@ -282,6 +285,22 @@ def reindex(
         writer.commit()
         manifest = writer.manifest
     typer.echo(f"rebuilt the vector index: {manifest.index_type}, {manifest.counts['objects']} vectors")
+
+
+@app.command()
+@_friendly_errors
+def compact(index_path: IndexOption = None) -> None:
+    """Merge every segment and images shard into one each and drop deleted objects' rows for good.
+    (Indexing merges small segments by itself; this is for after large deletions, or before archiving.)"""
+    from objsearch.store.commit import compact_index
+    from objsearch.store.layout import resolve_index_path
+    from objsearch.store.manifest import index_size_bytes
+
+    root = resolve_index_path(index_path)
+    size_before = index_size_bytes(root)
+    before, after = compact_index(root)
+    typer.echo(f"compacted {root}: {len(before.segments)} segments -> {len(after.segments)}, {len(before.files())} files -> {len(after.files())}, "
+               f"{before.tombstone_count} deleted objects' rows dropped, {size_before:,} -> {index_size_bytes(root):,} bytes")
 
 
 @app.command()

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-# Bump when a column is added, removed or changes meaning; store.layout refuses newer versions.
-SCHEMA_VERSION = 1
+# Bump when a column is added, removed or changes meaning, or the index layout changes; the store
+# refuses other versions. 2: vector segments (one FAISS file per objects shard) and tombstones.
+SCHEMA_VERSION = 2
 
 STATUS_OK = "ok"
 STATUS_ERROR = "error"
@@ -69,6 +70,10 @@ def objects_schema(embed_dim: int) -> pa.Schema:
             pa.field(EMBEDDING, pa.list_(pa.float16(), embed_dim), nullable=False),
         ]
     )
+
+
+# tombstones: the ids of deleted objects whose rows a segment still holds (until compaction).
+TOMBSTONES_SCHEMA = pa.schema([pa.field(OBJECT_ID, pa.int64(), nullable=False)])
 
 
 # Columns a --where predicate may use: everything but the embedding, objects joined to images.

@@ -16,12 +16,13 @@ from typing import Sequence
 import numpy as np
 
 from objsearch.embedders.base import ObjectEmbedder, load_embedder
-from objsearch.errors import BadQuery, IndexCorrupt
+from objsearch.errors import BadQuery, IndexCorrupt, first_line
 from objsearch.hits import Hit
-from objsearch.store import vectors
 from objsearch.store.catalog import DEFAULT_TIME_LIMIT_S, Catalog
-from objsearch.store.layout import EmbedderInfo, Manifest, missing_or_resized, read_manifest, resolve_index_path
-from objsearch.store.writer import check_embedder
+from objsearch.store.gc import ReaderLease, leased_manifest
+from objsearch.store.layout import resolve_index_path
+from objsearch.store.manifest import EmbedderInfo, Manifest, check_embedder, missing_or_resized
+from objsearch.store.segments import SegmentSet
 
 logger = logging.getLogger(__name__)
 
@@ -33,17 +34,18 @@ class Index:
 
     ``time_limit_s``: the longest one search (its filter, vector search rounds and row look-ups
     together) or one SQL statement may take (None = no limit); past it the query stops with
-    ``QueryTimeout``.
+    ``QueryTimeout``. ``lease``: the reader lease that keeps this generation's files on disk
+    (``objsearch.store.gc``), released by ``close``.
     """
 
     def __init__(self, root: Path, manifest: Manifest, embedder: ObjectEmbedder | str | None = None,
-                 time_limit_s: float | None = DEFAULT_TIME_LIMIT_S) -> None:
+                 time_limit_s: float | None = DEFAULT_TIME_LIMIT_S, lease: ReaderLease | None = None) -> None:
         self.root = root
         self.manifest = manifest
         self.time_limit_s = time_limit_s
+        self._lease = lease
         self.catalog = Catalog(root, manifest, time_limit_s)
-        self._vectors = None
-        self._searcher: vectors.Searcher | None = None
+        self.vectors = SegmentSet(root, manifest)
         self._embedder: ObjectEmbedder | None = None
         if isinstance(embedder, str):
             embedder = load_embedder(embedder)
@@ -52,26 +54,6 @@ class Index:
             self._embedder = embedder
 
     # -- lazily loaded parts -----------------------------------------------------------------------
-    @property
-    def vector_index(self):
-        if self._vectors is None:
-            entry = self.manifest.vectors
-            if entry is None:
-                self._vectors = vectors.new_index(self.manifest.embedder.embed_dim, self.manifest.index_type)
-            else:
-                path = self.root / entry.path
-                try:
-                    self._vectors = vectors.load(path)
-                except RuntimeError as exc:
-                    raise IndexCorrupt(f"cannot load {path} ({_first_line(exc)}); run `objsearch doctor --repair`") from None
-        return self._vectors
-
-    @property
-    def searcher(self) -> vectors.Searcher:
-        if self._searcher is None:
-            self._searcher = vectors.Searcher(self.vector_index)
-        return self._searcher
-
     @property
     def embedder(self) -> ObjectEmbedder:
         if self._embedder is None:
@@ -90,10 +72,9 @@ class Index:
 
     def search_object(self, object_id: int, k: int = 10, **options) -> list[Hit]:
         """Objects most similar to an indexed object (the object itself is left out)."""
-        try:
-            embedding = self.vector_index.reconstruct(int(object_id))
-        except RuntimeError:
-            raise BadQuery(f"no object with id {object_id} in this index") from None
+        embedding = self.vectors.reconstruct(int(object_id))
+        if embedding is None:
+            raise BadQuery(f"no object with id {object_id} in this index")
         return self.search_embedding(embedding, k, exclude=(int(object_id),), **options)
 
     def search_region(self, image_path: str | os.PathLike, box_xyxy: Sequence[float] | None = None, k: int = 10, **options) -> list[Hit]:
@@ -132,15 +113,14 @@ class Index:
             raise BadQuery(f"query embedding has {embedding.shape[0]} dimensions; this index has {self.manifest.embedder.embed_dim}")
         deadline = self.catalog.deadline()  # one time limit for the filter, every round and its row look-ups
         allowed = self.catalog.filter_object_ids(where, deadline) if where else None
-        index = self.vector_index
         # The most FAISS can return: an allowed id need not be in FAISS (nor a FAISS id in Parquet).
-        available = index.ntotal if allowed is None else min(len(allowed), index.ntotal)
+        available = self.vectors.ntotal if allowed is None else min(len(allowed), self.vectors.ntotal)
         fetch = min(available, (k + len(exclude)) * (4 if per_image else 1))
         started = time.perf_counter()
         while True:
             # Widen the fetch until k hits survive the row look-up, exclusion and per-image rules;
             # it at least quadruples each round and never exceeds ``available``, so the loop ends.
-            scores, ids = self.searcher.search(embedding[None], max(fetch, 1), allowed)
+            scores, ids = self.vectors.search(embedding[None], max(fetch, 1), allowed)
             hits = self._select(scores[0], ids[0], k, min_score, per_image, set(exclude), deadline)
             returned = int((ids[0] >= 0).sum())
             below_min = min_score is not None and returned and scores[0][returned - 1] < min_score
@@ -193,6 +173,9 @@ class Index:
 
     def close(self) -> None:
         self.catalog.close()
+        if self._lease is not None:
+            self._lease.release()
+            self._lease = None
 
     def __enter__(self) -> "Index":
         return self
@@ -219,15 +202,13 @@ def open_index(path: str | os.PathLike | None = None, *, model: ObjectEmbedder |
     """
     root = resolve_index_path(path)
     for attempt in range(retries):
-        manifest = read_manifest(root)
+        manifest, lease = leased_manifest(root)
         damaged = missing_or_resized(root, manifest)
         if not damaged:
-            return Index(root, manifest, model, time_limit_s)
+            return Index(root, manifest, model, time_limit_s, lease)
+        if lease is not None:
+            lease.release()
         # Perhaps a writer replaced the manifest while we read it: look again before giving up.
         logger.debug("index files missing or resized while opening (attempt %d): %s", attempt + 1, damaged[:3])
         time.sleep(0.05)
     raise IndexCorrupt(f"index at {root}: files missing or damaged: {', '.join(damaged[:5])}; run `objsearch doctor --repair`")
-
-
-def _first_line(exc: Exception) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -14,8 +14,8 @@ from objsearch import open_index
 from objsearch.store import vectors
 from objsearch.box_ops import box_iou
 from objsearch.errors import IndexLocked, IndexNotFound, ModelMismatch, ObjsearchError
-from objsearch.store.layout import read_manifest
-from objsearch.store.writer import IndexWriter
+from objsearch.store.manifest import read_manifest
+from objsearch.store.commit import IndexWriter
 from objsearch.datasets.scenes import make_dataset, make_scene
 from objsearch.datasets.blob_embedder import build as build_blobs, build_other
 
@@ -30,7 +30,7 @@ def consistency(root):
     """(parquet object ids, faiss ids) of the committed state."""
     with open_index(root, model=build_blobs()) as idx:
         parquet_ids = sorted(r[0] for r in idx.sql("SELECT object_id FROM objects")[1])
-        faiss_ids = sorted(vectors.all_ids(idx.vector_index).tolist())
+        faiss_ids = sorted(idx.vectors.all_ids().tolist())
     return parquet_ids, faiss_ids
 
 
@@ -163,26 +163,67 @@ def test_uncommitted_work_is_invisible(tmp_path):
     assert read_manifest(root).generation == generation and consistency(root) == before
 
 
-def test_a_reader_survives_commits_and_old_files_are_collected_after_the_grace_period(tmp_path):
+def _files_on_disk(root):
+    """Data files (what a manifest can name) present under ``root``."""
+    return {p.relative_to(root).as_posix() for p in root.rglob("*")
+            if p.is_file() and p.parts[len(root.parts)] in ("images", "objects", "vectors", "tombstones")}
+
+
+def test_a_reader_keeps_its_generation_until_it_closes_and_nothing_longer(tmp_path):
     folder = tmp_path / "imgs"
     make_dataset(folder, 4)
     root = tmp_path / "idx"
     index(folder, root)
     reader = open_index(root, model=build_blobs())  # opened, vectors not loaded yet
+    pinned = {e.path for e in reader.manifest.files()}
     make_dataset(tmp_path / "more", 12, seed=3)
     for path in (tmp_path / "more").glob("*.png"):
         path.rename(folder / f"more-{path.name}")
+    (folder / "scene_0000.png").unlink()  # a removal: tombstones
     index(folder, root)  # several commits (commit_every=4)
     assert read_manifest(root).generation >= 3
     assert len(reader.search_text("red", k=100)) > 0  # the old generation's files are still there
-    reader.close()
-
+    assert {h.path for h in reader.search_text("red", k=100)} & {str(folder / "scene_0000.png")}
     referenced = {e.path for e in read_manifest(root).files()}
-    def files_on_disk():
-        return {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file() and p.name not in ("manifest.json", "lock")}
-    assert files_on_disk() > referenced  # older generations kept within the grace period
-    IndexWriter(root, read_manifest(root).embedder, gc_grace_seconds=0).close()
-    assert files_on_disk() == referenced
+    assert _files_on_disk(root) == referenced | pinned  # the reader's generation, and nothing older
+    reader.close()
+    IndexWriter(root, read_manifest(root).embedder).close()  # any writer collects garbage
+    assert _files_on_disk(root) == referenced
+    assert not list((root / "readers").iterdir())
+
+
+def test_a_killed_reader_pins_nothing(tmp_path):
+    import subprocess, sys
+    from tests.conftest import REPO
+
+    folder = tmp_path / "imgs"
+    make_dataset(folder, 4)
+    root = tmp_path / "idx"
+    index(folder, root)
+    old = {e.path for e in read_manifest(root).files()}
+    script = f"import objsearch, time; idx = objsearch.open_index({str(root)!r}); print('open', flush=True); time.sleep(60)"
+    reader = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    assert reader.stdout.readline().strip() == "open"
+    with IndexWriter(root, read_manifest(root).embedder) as writer:
+        writer.remove_images([r.image_id for r in writer.known_images().values()][:2])
+        writer.commit()
+    assert _files_on_disk(root) >= old  # the live reader's files are kept
+    reader.kill()
+    reader.wait()
+    IndexWriter(root, read_manifest(root).embedder).close()
+    assert _files_on_disk(root) == {e.path for e in read_manifest(root).files()}
+    assert not list((root / "readers").iterdir())
+
+
+def test_files_on_disk_are_those_of_the_last_commit_at_any_commit_rate(tmp_path):
+    make_dataset(tmp_path / "imgs", 30)
+    root = tmp_path / "idx"
+    index_folders([tmp_path / "imgs"], root, model="objsearch.datasets.blob_embedder:build", embedder=build_blobs(),
+                  options=IndexOptions(progress=False, workers=1, commit_every=1, batch_size=1))
+    manifest = read_manifest(root)
+    assert manifest.generation > 30  # every commit, and the merges between them
+    assert _files_on_disk(root) == {e.path for e in manifest.files()}
+    assert len(manifest.segments) < 8  # 30 one-image segments were merged as they came
 
 
 def test_a_folder_that_holds_other_files_is_not_taken_over(tmp_path):
@@ -196,7 +237,7 @@ def test_a_folder_that_holds_other_files_is_not_taken_over(tmp_path):
 
 def test_plan_keeps_files_of_unreadable_folders_and_retries_unread_files(tmp_path):
     from indexer.discover import Discovery, FileStat, plan
-    from objsearch.store.writer import ImageRecord
+    from objsearch.store.commit import ImageRecord
 
     root = str(tmp_path)
     known = {

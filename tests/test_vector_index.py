@@ -11,7 +11,7 @@ from indexer.pipeline import IndexOptions, index_folders
 from objsearch import open_index
 from objsearch.cli import app
 from objsearch.store import vectors
-from objsearch.store.layout import read_manifest
+from objsearch.store.manifest import read_manifest
 from objsearch.datasets.scenes import make_dataset
 from objsearch.datasets.blob_embedder import build as build_blobs
 from tests.conftest import BLOBS
@@ -62,7 +62,7 @@ def test_filtered_search_is_the_exact_filtered_top_k(tmp_path, monkeypatch, inde
     index(tmp_path / "imgs", tmp_path / "idx", index_type=index_type)
     with open_index(tmp_path / "idx", model=build_blobs()) as idx:
         # nprobe = every list: the ANN part is then exhaustive, so any difference is the filter's fault
-        vectors.tune(idx.vector_index, nprobe=4)
+        idx.vectors.tune(nprobe=4)
         assert read_manifest(tmp_path / "idx").index_type == index_type
         ids, embeddings = [], []
         for object_id, embedding in idx.sql("SELECT object_id, embedding FROM objects")[1]:

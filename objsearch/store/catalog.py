@@ -26,8 +26,8 @@ import duckdb
 import numpy as np
 
 from objsearch import schema
-from objsearch.errors import BadQuery, IndexCorrupt, QueryTimeout
-from objsearch.store.layout import Manifest
+from objsearch.errors import BadQuery, IndexCorrupt, QueryTimeout, first_line
+from objsearch.store.manifest import Manifest
 
 logger = logging.getLogger(__name__)
 
@@ -50,23 +50,26 @@ class Catalog:
             raise BadQuery(f"the time limit must be a positive number of seconds, got {time_limit_s}")
         self.time_limit_s = time_limit_s if time_limit_s is not None and math.isfinite(time_limit_s) else None
         self.con = duckdb.connect(":memory:")
+        self.root, self.manifest = root, manifest
         image_files = [root / e.path for e in manifest.image_shards]
         object_files = [root / e.path for e in manifest.object_shards]
+        tombstone_files = [root / manifest.tombstones.path] if manifest.tombstones else []
         self._create_view("images", image_files, _empty_select(schema.IMAGES_SCHEMA))
-        self._create_view("objects", object_files, _empty_select(schema.objects_schema(manifest.embedder.embed_dim)))
+        live = f" WHERE object_id NOT IN (SELECT object_id FROM read_parquet({_parquet_list(tombstone_files)}))" if tombstone_files else ""
+        self._create_view("objects", object_files, _empty_select(schema.objects_schema(manifest.embedder.embed_dim)), live)
         object_columns = ", ".join(f"o.{c}" for c in schema.objects_schema(1).names if c != schema.EMBEDDING)
         self.con.execute(f"CREATE VIEW objects_meta AS SELECT {object_columns} FROM objects o")
         image_columns = ", ".join(f"i.{c}" for c in schema.IMAGES_SCHEMA.names if c != schema.IMAGE_ID)
         self.con.execute(f"CREATE VIEW objects_images AS SELECT {object_columns}, {image_columns} FROM objects o JOIN images i USING (image_id)")
-        allowed = [str(p) for p in image_files + object_files]
+        allowed = [str(p) for p in image_files + object_files + tombstone_files]
         if allowed:
             self.con.execute("SET allowed_paths = $paths", {"paths": allowed})
         self.con.execute("SET enable_external_access = false")
         self.con.execute("SET lock_configuration = true")
 
-    def _create_view(self, name: str, files: list[Path], empty_select: str) -> None:
+    def _create_view(self, name: str, files: list[Path], empty_select: str, where: str = "") -> None:
         if files:
-            self.con.execute(f"CREATE VIEW {name} AS SELECT * FROM read_parquet({_parquet_list(files)})")
+            self.con.execute(f"CREATE VIEW {name} AS SELECT * FROM read_parquet({_parquet_list(files)}){where}")
         else:
             self.con.execute(f"CREATE VIEW {name} AS {empty_select}")
 
@@ -88,7 +91,7 @@ class Catalog:
         try:
             return self._object_ids(predicate, "objects_images", deadline)
         except duckdb.Error as exc:
-            raise BadQuery(f"bad --where predicate {where!r}: {_first_line(exc)}. Columns: {', '.join(schema.FILTERABLE_COLUMNS)}") from None
+            raise BadQuery(f"bad --where predicate {where!r}: {first_line(exc)}. Columns: {', '.join(schema.FILTERABLE_COLUMNS)}") from None
 
     def _object_ids(self, predicate: duckdb.Expression, view: str, deadline: float | None) -> np.ndarray:
         columns = self._timed(lambda: self.con.view(view).filter(predicate).project("object_id").fetchnumpy(), deadline)
@@ -101,7 +104,7 @@ class Catalog:
         try:
             predicate = duckdb.SQLExpression(where)
         except duckdb.Error as exc:
-            raise BadQuery(f"bad --where predicate {where!r}: it must be one SQL expression over the columns ({_first_line(exc)})") from None
+            raise BadQuery(f"bad --where predicate {where!r}: it must be one SQL expression over the columns ({first_line(exc)})") from None
         serialized = self.con.execute("SELECT json_serialize_sql($sql)", {"sql": f"SELECT 1 WHERE ({predicate})"}).fetchall()[0][0]
         try:
             tree = json.loads(serialized)
@@ -146,16 +149,24 @@ class Catalog:
             timer.join()
 
     def rows_for_objects(self, object_ids: np.ndarray, deadline: float | None = None) -> dict[int, dict]:
-        """object_id -> the HIT_COLUMNS of that object (ids not in the catalog are left out).
-        ``deadline``: see ``deadline()``; by default this call gets the whole time limit."""
+        """object_id -> the HIT_COLUMNS of that object (ids not in the catalog are left out). Only the
+        objects shards whose id range holds a wanted id are read, and only the images those rows
+        name. ``deadline``: see ``deadline()``; by default this call gets the whole time limit."""
         if len(object_ids) == 0:
             return {}
-        columns = ", ".join(HIT_COLUMNS)
-        sql = f"SELECT {columns} FROM objects_images WHERE object_id IN (SELECT unnest($ids))"
+        wanted = np.unique(np.asarray(object_ids, dtype=np.int64))
+        files = [self.root / s.objects.path for s in self.manifest.segments
+                 if np.any((wanted >= s.min_object_id) & (wanted <= s.max_object_id))]
+        if not files:
+            return {}
+        object_columns = ", ".join(c for c in HIT_COLUMNS if c != schema.PATH)
+        sql = (f"WITH hit AS (SELECT {object_columns} FROM read_parquet({_parquet_list(files)}) WHERE object_id IN (SELECT unnest($ids))) "
+               f"SELECT {', '.join(HIT_COLUMNS)} FROM hit JOIN images USING (image_id) "
+               "WHERE images.image_id IN (SELECT image_id FROM hit)")
         try:
-            names, rows = self._timed(lambda: _fetch(self.con.execute(sql, {"ids": [int(i) for i in object_ids]})), deadline)
+            names, rows = self._timed(lambda: _fetch(self.con.execute(sql, {"ids": wanted.tolist()})), deadline)
         except duckdb.Error as exc:  # a shard removed under a long-lived reader
-            raise IndexCorrupt(f"cannot read the index's shards ({_first_line(exc)}); reopen the index") from None
+            raise IndexCorrupt(f"cannot read the index's shards ({first_line(exc)}); reopen the index") from None
         return {row[0]: dict(zip(names, row)) for row in rows}
 
     def sql(self, statement: str) -> tuple[list[str], list[tuple]]:
@@ -168,13 +179,13 @@ class Catalog:
         try:
             return self._timed(lambda: _fetch(self.con.execute(statement)))
         except duckdb.Error as exc:
-            raise BadQuery(f"SQL error: {_first_line(exc)}") from None
+            raise BadQuery(f"SQL error: {first_line(exc)}") from None
 
     def _parse(self, sql: str, context: str = "SQL syntax error"):
         try:
             return self.con.extract_statements(sql)
         except duckdb.Error as exc:
-            raise BadQuery(f"{context}: {_first_line(exc)}") from None
+            raise BadQuery(f"{context}: {first_line(exc)}") from None
 
     def close(self) -> None:
         self.con.close()
@@ -224,6 +235,3 @@ def _holds_subquery(tree: Any) -> bool:
             stack.extend(node)
     return False
 
-
-def _first_line(exc: Exception) -> str:
-    return str(exc).strip().splitlines()[0]

@@ -1,28 +1,38 @@
 """Check an index against its manifest, and rebuild what can be rebuilt from the data that is left.
 
-Checks: every committed file exists with the size and sha256 the manifest records; every Parquet
-shard opens; the FAISS file loads; FAISS ids and Parquet object ids are the same set.
+Checks: every committed file exists with the size and sha256 the manifest records (every byte is
+hashed: this is the full check that writers leave to the doctor); every Parquet file opens; each
+segment's FAISS file loads and holds exactly its objects shard's ids; every tombstone names an
+object of a segment.
 
 Repair (under the writer lock):
-- a damaged FAISS file is rebuilt from the embeddings stored in Parquet (nothing is lost);
-- a damaged objects shard is dropped, and the images that have no objects left are dropped with
-  it, so the next `objsearch index` run embeds those files again;
-- a damaged images shard is dropped with the objects of its images; the next run re-adds them.
+- a damaged FAISS file is rebuilt from the embeddings its segment's shard holds (nothing is lost);
+- a damaged objects shard is dropped with its segment, and the images that have no objects left
+  are dropped with it, so the next `objsearch index` run embeds those files again;
+- a damaged images shard is dropped and the objects of its images are tombstoned; the next run
+  re-adds those files;
+- the tombstones are recomputed from what is left: an object is live exactly when its image's
+  row is (a removed image's row and objects go in the same commit), so a damaged tombstones file
+  is rebuilt without loss.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from objsearch import schema
 from objsearch.store import parquet, vectors
-from objsearch.store.writer import build_vectors_from_shards
-from objsearch.store.layout import FileEntry, Manifest, WriterLock, file_entry, read_manifest, sha256_file, write_manifest
+from objsearch.store.layout import TOMBSTONES_DIR, VECTORS_DIR, FileEntry, WriterLock, file_entry, sha256_file
+from objsearch.store.manifest import Manifest, read_manifest, write_manifest
+from objsearch.store.gc import leased_manifest
+from objsearch.store.segments import read_tombstones
 
 logger = logging.getLogger(__name__)
 
@@ -65,20 +75,39 @@ def _file_problem(root: Path, entry: FileEntry) -> str | None:
 
 
 def check_index(root: Path) -> list[Problem]:
-    """Every problem found; an empty list means the index is sound."""
-    manifest = read_manifest(root)
+    """Every problem found; an empty list means the index is sound. A writer may run meanwhile:
+    the generation checked is leased, so its files stay until the check ends."""
+    manifest, lease = leased_manifest(root)
+    try:
+        return _problems(root, manifest)
+    finally:
+        if lease is not None:
+            lease.release()
+
+
+def _problems(root: Path, manifest: Manifest) -> list[Problem]:
     problems = [Problem(e.path, what) for e in manifest.files() if (what := _file_problem(root, e))]
     if problems:
         return problems
-    try:
-        index = vectors.load(root / manifest.vectors.path) if manifest.vectors else None
-    except RuntimeError as exc:
-        return [Problem(manifest.vectors.path, f"FAISS cannot load it: {exc}")]
-    faiss_ids = set(vectors.all_ids(index).tolist()) if index is not None else set()
-    parquet_ids = set(_object_ids(root, manifest.object_shards, manifest.embedder.embed_dim))
-    if faiss_ids != parquet_ids:
-        problems.append(Problem(manifest.vectors.path if manifest.vectors else "vectors",
-                                f"{len(faiss_ids - parquet_ids)} FAISS ids without a Parquet row, {len(parquet_ids - faiss_ids)} rows without a vector"))
+    dim = manifest.embedder.embed_dim
+    segment_ids = []
+    for segment in manifest.segments:
+        try:
+            index = vectors.load(root / segment.vectors.path)
+        except RuntimeError as exc:
+            problems.append(Problem(segment.vectors.path, f"FAISS cannot load it: {exc}"))
+            continue
+        faiss_ids = np.sort(vectors.all_ids(index))
+        parquet_ids = np.sort(_column(root, [segment.objects], schema.objects_schema(dim), schema.OBJECT_ID))
+        segment_ids.append(parquet_ids)
+        if not np.array_equal(faiss_ids, parquet_ids):
+            problems.append(Problem(segment.vectors.path, f"{len(np.setdiff1d(faiss_ids, parquet_ids))} FAISS ids without a Parquet row, "
+                                                          f"{len(np.setdiff1d(parquet_ids, faiss_ids))} rows of {segment.objects.path} without a vector"))
+        if len(parquet_ids) != segment.rows or (len(parquet_ids) and (parquet_ids[0] < segment.min_object_id or parquet_ids[-1] > segment.max_object_id)):
+            problems.append(Problem(segment.objects.path, "its rows or id range differ from the manifest's"))
+    tombstones = read_tombstones(root, manifest)
+    if len(tombstones) != manifest.tombstone_count or (segment_ids and len(np.setdiff1d(tombstones, np.concatenate(segment_ids)))):
+        problems.append(Problem(manifest.tombstones.path if manifest.tombstones else "tombstones", "tombstones name objects no segment holds"))
     return problems
 
 
@@ -91,10 +120,11 @@ def repair_index(root: Path) -> DoctorReport:
     lock.acquire()
     try:
         manifest = read_manifest(root)
+        manifest.generation += 1
         bad = {p.path for p in report.problems}
         _drop_damaged_shards(root, manifest, bad, report)
-        _rebuild_vectors(root, manifest, report)
-        manifest.generation += 1
+        _rebuild_vectors(root, manifest, bad, report)
+        _recompute_tombstones(root, manifest, bad, report)
         write_manifest(root, manifest)
     finally:
         lock.release()
@@ -104,55 +134,94 @@ def repair_index(root: Path) -> DoctorReport:
 
 def _drop_damaged_shards(root: Path, manifest: Manifest, bad: set[str], report: DoctorReport) -> None:
     dim = manifest.embedder.embed_dim
-    lost_objects = [e for e in manifest.object_shards if e.path in bad]
+    lost_segments = [s for s in manifest.segments if s.objects.path in bad]
     lost_images = [e for e in manifest.image_shards if e.path in bad]
-    manifest.object_shards = [e for e in manifest.object_shards if e.path not in bad]
+    manifest.segments = [s for s in manifest.segments if s.objects.path not in bad]
     manifest.image_shards = [e for e in manifest.image_shards if e.path not in bad]
-    report.repairs += [f"dropped damaged shard {e.path}" for e in lost_objects + lost_images]
-    if lost_images:
-        # Objects whose image row is gone: drop them; the next index run re-adds their files.
-        known = _column(root, manifest.image_shards, schema.IMAGES_SCHEMA, schema.IMAGE_ID)
-        _filter_shards(root, manifest, "object_shards", schema.objects_schema(dim), keep_ids=set(known), report=report)
-    if lost_objects:
+    report.repairs += [f"dropped damaged shard {e.path}" for e in [s.objects for s in lost_segments] + lost_images]
+    if lost_segments:
         # Images that have no object left lost them with the shard: drop their rows so the next
         # index run embeds those files again (an image that truly had none is merely re-embedded).
-        with_objects = set(_column(root, manifest.object_shards, schema.objects_schema(dim), schema.IMAGE_ID))
+        live = _live_object_image_ids(root, manifest)
         images = parquet.read_shards([root / e.path for e in manifest.image_shards], schema.IMAGES_SCHEMA, [schema.IMAGE_ID, schema.STATUS])
-        keep = {i for i, status in zip(images.column(0).to_pylist(), images.column(1).to_pylist()) if status != schema.STATUS_OK or i in with_objects}
-        _filter_shards(root, manifest, "image_shards", schema.IMAGES_SCHEMA, keep_ids=keep, report=report)
+        keep = {i for i, status in zip(images.column(0).to_pylist(), images.column(1).to_pylist()) if status != schema.STATUS_OK or i in live}
+        _filter_image_shards(root, manifest, keep_ids=keep, report=report)
 
 
-def _filter_shards(root: Path, manifest: Manifest, attribute: str, table_schema, *, keep_ids: set[int], report: DoctorReport) -> None:
-    """Rewrite the shards of one table keeping only rows whose image_id is in ``keep_ids``."""
+def _live_object_image_ids(root: Path, manifest: Manifest) -> set[int]:
+    """Image ids that still have an object (tombstoned ones left out, if the tombstones can be read)."""
+    table = parquet.read_shards([root / s.objects.path for s in manifest.segments], schema.objects_schema(manifest.embedder.embed_dim),
+                                [schema.OBJECT_ID, schema.IMAGE_ID])
+    try:
+        tombstones = read_tombstones(root, manifest)
+    except (OSError, ValueError):
+        tombstones = np.zeros(0, np.int64)
+    live = ~np.isin(table.column(0).to_numpy(), tombstones)
+    return set(table.column(1).to_numpy()[live].tolist())
+
+
+def _filter_image_shards(root: Path, manifest: Manifest, *, keep_ids: set[int], report: DoctorReport) -> None:
+    """Rewrite the images shards keeping only rows whose image_id is in ``keep_ids``."""
     entries = []
-    for number, entry in enumerate(getattr(manifest, attribute)):
-        table = parquet.read_shards([root / entry.path], table_schema)
-        mask = np.isin(table.column(schema.IMAGE_ID).to_numpy(), np.fromiter(keep_ids, np.int64, len(keep_ids)))
+    keep = np.fromiter(keep_ids, np.int64, len(keep_ids))
+    for number, entry in enumerate(manifest.image_shards):
+        table = parquet.read_shards([root / entry.path], schema.IMAGES_SCHEMA)
+        mask = np.isin(table.column(schema.IMAGE_ID).to_numpy(), keep)
         if mask.all():
             entries.append(entry)
             continue
         report.repairs.append(f"dropped {int((~mask).sum())} rows of {entry.path} to re-index")
         if mask.any():
-            relative = f"{Path(entry.path).parent}/repaired-g{manifest.generation + 1:08d}-{number:05d}.parquet"
+            relative = f"{Path(entry.path).parent}/repaired-g{manifest.generation:08d}-{number:05d}.parquet"
             parquet.write_shard(table.filter(mask), root / relative)
             entries.append(file_entry(root, relative))
-    setattr(manifest, attribute, entries)
+    manifest.image_shards = entries
 
 
-def _rebuild_vectors(root: Path, manifest: Manifest, report: DoctorReport) -> None:
-    """FAISS rebuilt from the (float16) embeddings in Parquet, which FAISS always mirrors."""
-    index = build_vectors_from_shards(root, manifest, manifest.index_type)
-    name = f"vectors-repaired-g{manifest.generation + 1:08d}.faiss"
-    vectors.write(index, root / name)
-    manifest.vectors = file_entry(root, name)
-    statuses = _column(root, manifest.image_shards, schema.IMAGES_SCHEMA, schema.STATUS)
-    manifest.counts = {"images": len(statuses), "images_error": statuses.count(schema.STATUS_ERROR), "objects": int(index.ntotal)}
-    report.repairs.append(f"rebuilt {name} from Parquet ({index.ntotal} vectors)")
+def _rebuild_vectors(root: Path, manifest: Manifest, bad: set[str], report: DoctorReport) -> None:
+    """Rebuild each damaged FAISS file from the (float16) embeddings of its segment's shard."""
+    dim = manifest.embedder.embed_dim
+    segments = []
+    for number, segment in enumerate(manifest.segments):
+        if segment.vectors.path in bad:
+            table = parquet.read_shards([root / segment.objects.path], schema.objects_schema(dim), [schema.OBJECT_ID, schema.EMBEDDING])
+            index = vectors.build(table.column(schema.OBJECT_ID).to_numpy(), parquet.embeddings_of(table), segment.index_type)
+            relative = f"{VECTORS_DIR}/vectors-repaired-g{manifest.generation:08d}-{number:05d}.faiss"
+            vectors.write(index, root / relative)
+            segment = dataclasses.replace(segment, vectors=file_entry(root, relative))
+            report.repairs.append(f"rebuilt {relative} from Parquet ({index.ntotal} vectors)")
+        segments.append(segment)
+    manifest.segments = segments
 
 
-def _column(root: Path, entries: list[FileEntry], table_schema, column: str) -> list:
-    return parquet.read_shards([root / e.path for e in entries], table_schema, [column]).column(0).to_pylist()
+def _recompute_tombstones(root: Path, manifest: Manifest, bad: set[str], report: DoctorReport) -> None:
+    """Tombstone exactly the objects whose image row is gone; recount."""
+    dim = manifest.embedder.embed_dim
+    objects = parquet.read_shards([root / s.objects.path for s in manifest.segments], schema.objects_schema(dim), [schema.OBJECT_ID, schema.IMAGE_ID])
+    images = parquet.read_shards([root / e.path for e in manifest.image_shards], schema.IMAGES_SCHEMA, [schema.IMAGE_ID, schema.STATUS])
+    orphaned = ~np.isin(objects.column(1).to_numpy(), images.column(0).to_numpy())
+    tombstones = np.sort(objects.column(0).to_numpy()[orphaned]).astype(np.int64)
+    recorded = None if manifest.tombstones is None or manifest.tombstones.path in bad else _readable_tombstones(root, manifest)
+    if recorded is None or not np.array_equal(tombstones, recorded):
+        if len(tombstones):
+            relative = f"{TOMBSTONES_DIR}/tombstones-repaired-g{manifest.generation:08d}.parquet"
+            parquet.write_shard(pa.table({schema.OBJECT_ID: pa.array(tombstones, pa.int64())}, schema=schema.TOMBSTONES_SCHEMA), root / relative)
+            manifest.tombstones = file_entry(root, relative)
+        else:
+            manifest.tombstones = None
+        if len(tombstones) or manifest.tombstone_count:
+            report.repairs.append(f"recomputed the tombstones: {len(tombstones)} objects of removed images")
+    manifest.tombstone_count = len(tombstones)
+    statuses = images.column(1).to_pylist()
+    manifest.counts = {"images": len(statuses), "images_error": statuses.count(schema.STATUS_ERROR), "objects": objects.num_rows - len(tombstones)}
 
 
-def _object_ids(root: Path, entries: list[FileEntry], dim: int) -> list[int]:
-    return _column(root, entries, schema.objects_schema(dim), schema.OBJECT_ID)
+def _readable_tombstones(root: Path, manifest: Manifest) -> np.ndarray | None:
+    try:
+        return read_tombstones(root, manifest)
+    except (OSError, ValueError):
+        return None
+
+
+def _column(root: Path, entries: list[FileEntry], table_schema, column: str) -> np.ndarray:
+    return parquet.read_shards([root / e.path for e in entries], table_schema, [column]).column(0).to_numpy()

@@ -1,10 +1,13 @@
-"""The index directory: paths, the manifest (replaced atomically), checksums and the writer lock.
+"""The index directory: paths, durable writes, checksums and the writer lock.
 
-    manifest.json        what is committed: shard files, FAISS file, checksums, embedder, counts
-    images/*.parquet     immutable shards of the images table
-    objects/*.parquet    immutable shards of the objects table
-    vectors-G.faiss      FAISS index of generation G (ids = object ids)
-    lock                 held (flock) by the one writer; holds its PID
+    manifest.json          what is committed (``objsearch.store.manifest``), replaced atomically
+    images/*.parquet       immutable shards of the images table
+    objects/*.parquet      immutable shards of the objects table, one per segment
+    vectors/*.faiss        the FAISS index of each segment (ids = object ids)
+    tombstones/*.parquet   object ids deleted but still in a segment
+    readers/*.lease        one per open reader: the files it uses (``objsearch.store.gc``)
+    verified.json          files whose checksum the writer verified, by size, mtime, ctime, inode
+    lock                   held (flock) by the one writer; holds its PID
 
 A commit writes new files under fresh names, then replaces manifest.json with a rename, so a
 reader that opens the manifest it finds never sees a half-written state, and a crash at any
@@ -16,21 +19,23 @@ from __future__ import annotations
 import errno
 import fcntl
 import hashlib
-import json
 import os
 import tempfile
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
-from objsearch.errors import FormatVersionError, IndexCorrupt, IndexLocked, IndexNotFound
-from objsearch.schema import SCHEMA_VERSION
+from objsearch.errors import IndexLocked, IndexNotFound
 
 MANIFEST = "manifest.json"
 LOCK = "lock"
 IMAGES_DIR = "images"
 OBJECTS_DIR = "objects"
+VECTORS_DIR = "vectors"
+TOMBSTONES_DIR = "tombstones"
+READERS_DIR = "readers"
+VERIFIED = "verified.json"
+DATA_DIRS = (IMAGES_DIR, OBJECTS_DIR, VECTORS_DIR, TOMBSTONES_DIR)  # what garbage collection sweeps
 INDEX_ENV_VAR = "OBJSEARCH_INDEX"
 DEFAULT_INDEX_DIR = ".objsearch"
 
@@ -44,91 +49,12 @@ def resolve_index_path(path: str | os.PathLike | None) -> Path:
 
 
 @dataclass
-class EmbedderInfo:
-    """Identity of the embedder that built an index; ``source`` is the --model string that loads it."""
-
-    name: str
-    version: str
-    embed_dim: int
-    source: str = ""
-
-    @classmethod
-    def of(cls, embedder, source: str = "") -> "EmbedderInfo":
-        """The identity of an ObjectEmbedder instance."""
-        return cls(embedder.name, embedder.version, int(embedder.embed_dim), source or embedder.name)
-
-
-@dataclass
 class FileEntry:
     """A committed file, relative to the index root, with its size (bytes) and sha256."""
 
     path: str
     size: int
     sha256: str
-
-
-@dataclass
-class Manifest:
-    embedder: EmbedderInfo
-    format_version: int = SCHEMA_VERSION
-    generation: int = 0
-    image_shards: list[FileEntry] = field(default_factory=list)
-    object_shards: list[FileEntry] = field(default_factory=list)
-    vectors: FileEntry | None = None
-    index_type: str = "IDMap2,Flat"  # the FAISS factory string of ``vectors``
-    index_type_override: str = ""  # set by --index-type: used whatever the size
-    max_index_memory: int = 0  # bytes, set by --max-index-memory; 0 = no budget
-    next_image_id: int = 0
-    next_object_id: int = 0
-    counts: dict[str, int] = field(default_factory=lambda: {"images": 0, "images_error": 0, "objects": 0})
-    updated_at: float = 0.0
-
-    def files(self) -> list[FileEntry]:
-        return self.image_shards + self.object_shards + ([self.vectors] if self.vectors else [])
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, sort_keys=True)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Manifest":
-        version = data.get("format_version")
-        if version != SCHEMA_VERSION:
-            newer = isinstance(version, int) and version > SCHEMA_VERSION
-            raise FormatVersionError(
-                f"index format version {version} is {'newer than' if newer else 'incompatible with'} "
-                f"this objsearch (format {SCHEMA_VERSION})"
-                + ("; upgrade objsearch" if newer else "; re-index into a new directory")
-            )
-        data = dict(data)
-        data["embedder"] = EmbedderInfo(**data["embedder"])
-        data["image_shards"] = [FileEntry(**f) for f in data["image_shards"]]
-        data["object_shards"] = [FileEntry(**f) for f in data["object_shards"]]
-        data["vectors"] = FileEntry(**data["vectors"]) if data.get("vectors") else None
-        return cls(**data)
-
-
-def read_manifest(root: Path) -> Manifest:
-    path = root / MANIFEST
-    if not path.is_file():
-        raise IndexNotFound(f"no index at {root} (run `objsearch index DIR` first, or pass --index)")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        return Manifest.from_dict(data)
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as exc:
-        raise IndexCorrupt(f"{path} is unreadable ({exc}); it is only ever replaced atomically, so it was altered by hand") from None
-
-
-def missing_or_resized(root: Path, manifest: Manifest) -> list[str]:
-    """Committed files that are absent or whose size differs from the manifest's (a cheap check;
-    ``objsearch.store.doctor`` also verifies checksums)."""
-    bad = []
-    for entry in manifest.files():
-        try:
-            if (root / entry.path).stat().st_size != entry.size:
-                bad.append(entry.path)
-        except FileNotFoundError:
-            bad.append(entry.path)
-    return bad
 
 
 def sha256_file(path: Path) -> str:
@@ -172,11 +98,6 @@ def durable_write(path: Path, write: Callable[[str], None]) -> None:
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     durable_write(path, lambda tmp: Path(tmp).write_bytes(data))
-
-
-def write_manifest(root: Path, manifest: Manifest) -> None:
-    manifest.updated_at = time.time()
-    atomic_write_bytes(root / MANIFEST, manifest.to_json().encode("utf-8"))
 
 
 class WriterLock:

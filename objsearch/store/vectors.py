@@ -218,41 +218,59 @@ def to_gpus(index):
 class Searcher:
     """Searches one loaded (read-only) index; caches the sorted ids that filtered scans use.
 
-    use_gpu: None = ``gpu_search_enabled()``; unfiltered searches then run on a GPU copy.
+    ``excluded``: sorted unique ids never returned (the tombstones of a segment); searches leave
+    them out with an ID selector, so the result is the top-k of the other vectors, exactly for
+    Flat. use_gpu: None = ``gpu_search_enabled()``; unfiltered searches then run on a GPU copy.
     """
 
-    def __init__(self, index, *, use_gpu: bool | None = None) -> None:
+    def __init__(self, index, *, excluded: np.ndarray | None = None, use_gpu: bool | None = None) -> None:
         self.index = index
         self._sorted_ids: np.ndarray | None = None
+        self.excluded = np.zeros(0, np.int64) if excluded is None else np.asarray(excluded, np.int64)
+        faiss = _faiss()
+        self._not_excluded = None
+        if len(self.excluded):
+            inner = _selector(self.excluded)
+            self._not_excluded = (faiss.IDSelectorNot(inner), inner)  # the tuple keeps ``inner`` alive
         if use_gpu is None:
             use_gpu = gpu_search_enabled()
         self.gpu_index = to_gpus(index) if use_gpu and index.ntotal else None
 
+    @property
+    def live_count(self) -> int:
+        """Vectors that searches can return."""
+        return int(self.index.ntotal) - len(self.excluded)
+
     def search(self, queries: np.ndarray, k: int, allowed_ids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Top-k by inner product -> (scores (Q, k') float32, ids (Q, k') int64), k' <= k; id -1 = empty slot.
 
-        ``allowed_ids`` (unique object ids) restricts the search to them; the result is the top-k among them.
+        ``allowed_ids`` (unique object ids, none of them excluded) restricts the search to them;
+        the result is the top-k among them.
         """
         faiss = _faiss()
         index = self.index
         queries = np.ascontiguousarray(queries, dtype=np.float32).reshape(-1, index.d)
-        if index.ntotal == 0 or (allowed_ids is not None and len(allowed_ids) == 0):
+        if self.live_count <= 0 or (allowed_ids is not None and len(allowed_ids) == 0):
             return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
         if allowed_ids is None:
-            k = max(1, min(k, index.ntotal))
-            on_gpu = self.gpu_index is not None and k <= GPU_MAX_K
-            return (self.gpu_index if on_gpu else index).search(queries, k)
+            k = max(1, min(k, self.live_count))
+            if self._not_excluded is None:
+                on_gpu = self.gpu_index is not None and k <= GPU_MAX_K
+                return (self.gpu_index if on_gpu else index).search(queries, k)
+            return index.search(queries, k, params=self._params(self._not_excluded[0]))
         allowed_ids = np.sort(np.asarray(allowed_ids, dtype=np.int64))  # np.unique costs 10x more here
         k = max(1, min(k, len(allowed_ids)))
         if len(allowed_ids) <= SCAN_MAX_SELECTED:
             return self._scan(queries, k, allowed_ids)
         selector = _selector(allowed_ids)
-        inner = faiss.downcast_index(index)
+        return index.search(queries, k, params=self._params(selector))
+
+    def _params(self, selector):
+        faiss = _faiss()
+        inner = faiss.downcast_index(self.index)
         if isinstance(inner, faiss.IndexIVF):
-            params = faiss.SearchParametersIVF(sel=selector, nprobe=inner.nprobe)
-        else:
-            params = faiss.SearchParameters(sel=selector)  # IDMap2 translates it to internal ids
-        return index.search(queries, k, params=params)
+            return faiss.SearchParametersIVF(sel=selector, nprobe=inner.nprobe)
+        return faiss.SearchParameters(sel=selector)  # IDMap2 translates it to internal ids
 
     def _scan(self, queries: np.ndarray, k: int, allowed_ids: np.ndarray):
         """Score every allowed vector, reconstructed from the index (exact for Flat and SQfp16)."""
@@ -268,7 +286,8 @@ class Searcher:
         return np.take_along_axis(top_scores, order, axis=1).astype(np.float32), present[np.take_along_axis(top, order, axis=1)]
 
     def _ids(self) -> np.ndarray:
+        """Sorted ids that searches can return (excluded ones left out)."""
         if self._sorted_ids is None:
-            self._sorted_ids = np.sort(all_ids(self.index))
+            ids = np.sort(all_ids(self.index))
+            self._sorted_ids = ids[~np.isin(ids, self.excluded)] if len(self.excluded) else ids
         return self._sorted_ids
-

@@ -25,7 +25,7 @@ def snapshot(root) -> tuple[list, list]:
     with open_index(root, model=build_blobs()) as idx:
         rows = idx.sql("SELECT i.path, o.x1, o.y1, o.x2, o.y2, o.label, o.caption, o.embedding, o.object_id "
                        "FROM objects o JOIN images i USING (image_id) ORDER BY 1, 2, 3")[1]
-        faiss_ids = sorted(vectors.all_ids(idx.vector_index).tolist()) if idx.vector_index.ntotal else []
+        faiss_ids = sorted(idx.vectors.all_ids().tolist())
         images = idx.sql("SELECT path, status, error FROM images ORDER BY path")[1]
         counts = idx.manifest.counts
     object_ids = sorted(r[-1] for r in rows)

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from indexer.pipeline import IndexOptions, index_folders
 from objsearch.cli import app
-from objsearch.store.layout import read_manifest
+from objsearch.store.manifest import read_manifest
 from objsearch.datasets.scenes import make_dataset
 from objsearch.datasets.blob_embedder import build as build_blobs
 from tests.conftest import BLOBS
@@ -47,7 +47,7 @@ def cli(*args):
 
 def test_truncated_faiss_file_is_reported_and_rebuilt_without_loss(indexed):
     folder, root, expected = indexed
-    truncate(root / read_manifest(root).vectors.path)
+    truncate(root / read_manifest(root).segments[1].vectors.path)
     query = cli("query", "red", "--index", str(root))
     assert query.exit_code == 1 and "doctor --repair" in query.output and "Traceback" not in query.output
     check = cli("doctor", "--index", str(root))
@@ -60,7 +60,7 @@ def test_truncated_faiss_file_is_reported_and_rebuilt_without_loss(indexed):
 
 def test_altered_faiss_file_of_the_same_size_is_caught_by_its_checksum(indexed):
     folder, root, expected = indexed
-    flip_a_byte(root / read_manifest(root).vectors.path)
+    flip_a_byte(root / read_manifest(root).segments[1].vectors.path)
     assert "checksum mismatch" in cli("doctor", "--index", str(root)).output
     assert cli("doctor", "--repair", "--index", str(root)).exit_code == 0
     assert snapshot(root) == expected

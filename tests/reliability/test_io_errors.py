@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from objsearch.store import layout, parquet, vectors
 from indexer.pipeline import IndexOptions, index_folders
 from objsearch.cli import app
-from objsearch.store.layout import read_manifest
+from objsearch.store.manifest import read_manifest
 from objsearch.datasets.scenes import make_dataset
 from objsearch.datasets.blob_embedder import build as build_blobs
 from tests.conftest import BLOBS
@@ -86,10 +86,10 @@ def test_the_cli_reports_an_io_error_in_one_line(tmp_path, monkeypatch):
 
 @pytest.fixture
 def small_tmpfs(tmp_path):
-    """A 512 KiB tmpfs: a real full disk. Needs root (CI and this project's machines run as root)."""
+    """A 128 KiB tmpfs: a real full disk. Needs root (CI and this project's machines run as root)."""
     mount_point = tmp_path / f"tmpfs-{uuid.uuid4().hex[:6]}"
     mount_point.mkdir()
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mount_point)], capture_output=True, text=True)
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=128k", "tmpfs", str(mount_point)], capture_output=True, text=True)
     if result.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here ({result.stderr.strip()}); the injected-error tests cover the same path")
     yield mount_point

@@ -7,7 +7,8 @@ import random
 import signal
 import time
 
-from objsearch.store.layout import MANIFEST, read_manifest
+from objsearch.store.layout import MANIFEST
+from objsearch.store.manifest import read_manifest
 from objsearch.datasets.scenes import make_dataset
 from tests.conftest import run_cli
 from tests.reliability.helpers import index_args, snapshot, start_cli

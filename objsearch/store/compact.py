@@ -1,0 +1,113 @@
+"""Compaction: merge runs of small segments (and image shards) into large ones.
+
+The rule is size-tiered, as in Lucene's log merge policy and Cassandra's size-tiered compaction:
+a segment's tier is ``floor(log_F(live rows / BASE))`` (0 below ``BASE * F``), and as soon as F
+neighbouring segments share a tier they are merged into one, which may complete a run of the next
+tier, and so on. Why this rule:
+
+- a commit writes only its own rows; merges rewrite each object about ``log_F(N / BASE)`` times over
+  the life of an index, so the amortised write cost per object grows with the log of the index,
+  not with the index;
+- at most F - 1 segments sit in each tier, so an index of N objects has at most
+  ``(F - 1) * (log_F(N / BASE) + 1)`` segments, and as many objects shards: queries and file counts
+  stay bounded whatever the commit cadence;
+- merging neighbours keeps each segment's object ids in one range that no other segment's
+  overlaps, which is what lets a row look-up read only the shards that hold the hits.
+
+Image shards follow the same rule by file size. A merge drops tombstoned rows, so deleted objects
+leave the disk when their segment is next merged (``objsearch compact`` merges everything now).
+Each merge is one commit: new files first, then the manifest swap; a crash at any point leaves the
+previous generation whole and the next writer deletes the half-written files.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from objsearch import schema
+from objsearch.store import parquet, vectors
+from objsearch.store.layout import IMAGES_DIR, OBJECTS_DIR, VECTORS_DIR, FileEntry, file_entry
+from objsearch.store.manifest import Manifest, Segment
+from objsearch.store.segments import in_range
+
+logger = logging.getLogger(__name__)
+
+MERGE_FANOUT = 4
+SEGMENT_TIER_BASE_ROWS = 2048
+IMAGE_SHARD_TIER_BASE_BYTES = 64 << 10
+
+
+def tier(size: int, base: int, fanout: int = MERGE_FANOUT) -> int:
+    """0 below ``base * fanout``, then one more for each further factor of ``fanout``."""
+    return 0 if size < base * fanout else int(math.log(size / base, fanout) + 1e-9)
+
+
+def run_to_merge(sizes: list[int], base: int, fanout: int = MERGE_FANOUT) -> tuple[int, int] | None:
+    """(start, end) of the newest run of at least ``fanout`` neighbours in one tier, or None."""
+    end = len(sizes)
+    while end > 0:
+        start = end - 1
+        while start > 0 and tier(sizes[start - 1], base, fanout) == tier(sizes[end - 1], base, fanout):
+            start -= 1
+        if end - start >= fanout:
+            return start, end
+        end = start
+    return None
+
+
+def live_rows(segments: list[Segment], tombstones: np.ndarray) -> list[int]:
+    return [s.rows - len(in_range(tombstones, s)) for s in segments]
+
+
+def segment_index_type(manifest: Manifest, rows: int, total_rows: int) -> str:
+    """The FAISS factory string for a segment of ``rows`` vectors in an index of ``total_rows``:
+    the --index-type override, or the automatic choice within the segment's share of the memory
+    budget; exact while too few vectors to train the type."""
+    dim = manifest.embedder.embed_dim
+    budget = manifest.max_index_memory * rows // max(total_rows, 1) if manifest.max_index_memory else None
+    target = manifest.index_type_override or vectors.choose_index_type(rows, dim, budget or None)
+    return target if vectors.trainable(target, rows) else vectors.DEFAULT_INDEX_TYPE
+
+
+def write_segment(root: Path, table: pa.Table, tag: str, index_type: str) -> Segment:
+    """Write an objects table (sorted by object id) as a segment: its shard and its FAISS index,
+    built from the stored (float16) embeddings, so FAISS always holds exactly what Parquet holds."""
+    objects_path = f"{OBJECTS_DIR}/objects-{tag}.parquet"
+    parquet.write_shard(table, root / objects_path)
+    object_ids = table.column(schema.OBJECT_ID).to_numpy()
+    index = vectors.build(object_ids, parquet.embeddings_of(table), index_type)
+    vectors_path = f"{VECTORS_DIR}/vectors-{tag}.faiss"
+    vectors.write(index, root / vectors_path)
+    return Segment(objects=file_entry(root, objects_path), vectors=file_entry(root, vectors_path), index_type=index_type,
+                   rows=table.num_rows, min_object_id=int(object_ids[0]), max_object_id=int(object_ids[-1]))
+
+
+def merge_segments(root: Path, manifest: Manifest, start: int, end: int, tombstones: np.ndarray,
+                   tag: str) -> tuple[list[Segment], np.ndarray]:
+    """Merge ``manifest.segments[start:end]`` into one segment without their tombstoned rows.
+    Returns (the segments that replace them: one, or none when no row is left; the tombstones purged)."""
+    merged = manifest.segments[start:end]
+    purged = tombstones[(tombstones >= merged[0].min_object_id) & (tombstones <= merged[-1].max_object_id)]
+    table = parquet.read_shards([root / s.objects.path for s in merged], schema.objects_schema(manifest.embedder.embed_dim))
+    if len(purged):
+        table = table.filter(pc.invert(pc.is_in(table.column(schema.OBJECT_ID), value_set=pa.array(purged, pa.int64()))))
+    if table.num_rows == 0:
+        return [], purged
+    total = sum(s.rows for s in manifest.segments) - manifest.tombstone_count
+    index_type = segment_index_type(manifest, table.num_rows, total)
+    logger.info("merging %d segments (%d rows, %d tombstoned) into one %s segment", len(merged), table.num_rows, len(purged), index_type)
+    return [write_segment(root, table, tag, index_type)], purged
+
+
+def merge_image_shards(root: Path, entries: list[FileEntry], tag: str) -> tuple[FileEntry, pa.Table]:
+    """One shard holding the rows of ``entries`` -> (its entry, its rows)."""
+    table = parquet.read_shards([root / e.path for e in entries], schema.IMAGES_SCHEMA)
+    relative = f"{IMAGES_DIR}/images-{tag}.parquet"
+    parquet.write_shard(table, root / relative)
+    return file_entry(root, relative), table

@@ -1,0 +1,132 @@
+"""The vector side of one committed generation: every segment's FAISS index, minus the tombstones.
+
+A search runs in each segment (restricted to the segment's part of an ``allowed`` selection, and
+never returning a tombstoned id) and keeps the best k of all: exactly the result of one Flat index
+over the live vectors, and for IVF segments the recall of each segment's index. Segment files are
+loaded on first use; large ones are memory-mapped (``vectors.load``).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from objsearch import schema
+from objsearch.errors import IndexCorrupt, first_line
+from objsearch.store import parquet, vectors
+from objsearch.store.manifest import Manifest, Segment
+
+logger = logging.getLogger(__name__)
+
+
+def read_tombstones(root: Path, manifest: Manifest) -> np.ndarray:
+    """Sorted int64 ids of every tombstoned object of ``manifest``."""
+    if manifest.tombstones is None:
+        return np.zeros(0, np.int64)
+    table = parquet.read_shards([root / manifest.tombstones.path], schema.TOMBSTONES_SCHEMA)
+    return np.sort(table.column(schema.OBJECT_ID).to_numpy().astype(np.int64))
+
+
+def in_range(sorted_ids: np.ndarray, segment: Segment) -> np.ndarray:
+    """The part of sorted ``sorted_ids`` that lies in the segment's id range."""
+    lo, hi = np.searchsorted(sorted_ids, [segment.min_object_id, segment.max_object_id + 1])
+    return sorted_ids[lo:hi]
+
+
+class SegmentSet:
+    """Searches the segments of one manifest as one index. ``tune`` applies to every segment."""
+
+    def __init__(self, root: Path, manifest: Manifest) -> None:
+        self.root = root
+        self.manifest = manifest
+        self.dim = manifest.embedder.embed_dim
+        self._tombstones: np.ndarray | None = None
+        self._searchers: dict[int, vectors.Searcher] = {}
+        self._nprobe: int | None = None
+
+    @property
+    def tombstones(self) -> np.ndarray:
+        if self._tombstones is None:
+            try:
+                self._tombstones = read_tombstones(self.root, self.manifest)
+            except (OSError, ValueError) as exc:  # pyarrow's errors are ValueErrors / OSErrors
+                raise IndexCorrupt(f"cannot read {self.manifest.tombstones.path} ({exc}); run `objsearch doctor --repair`") from None
+        return self._tombstones
+
+    @property
+    def ntotal(self) -> int:
+        """Live vectors: every segment's rows less the tombstones."""
+        return sum(s.rows for s in self.manifest.segments) - self.manifest.tombstone_count
+
+    def searcher(self, number: int) -> vectors.Searcher:
+        """The searcher of segment ``number`` (loaded on first use)."""
+        if number not in self._searchers:
+            segment = self.manifest.segments[number]
+            path = self.root / segment.vectors.path
+            try:
+                index = vectors.load(path)
+            except RuntimeError as exc:
+                raise IndexCorrupt(f"cannot load {path} ({first_line(exc)}); run `objsearch doctor --repair`") from None
+            if self._nprobe:
+                vectors.tune(index, self._nprobe)
+            self._searchers[number] = vectors.Searcher(index, excluded=in_range(self.tombstones, segment))
+        return self._searchers[number]
+
+    def tune(self, nprobe: int) -> None:
+        """Scan ``nprobe`` lists in every IVF segment (loaded now or later)."""
+        self._nprobe = nprobe
+        for searcher in self._searchers.values():
+            vectors.tune(searcher.index, nprobe)
+
+    def search(self, queries: np.ndarray, k: int, allowed_ids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k over all segments -> (scores (Q, k') float32, ids (Q, k') int64), k' <= k; id -1 = empty slot.
+        ``allowed_ids``: as in ``vectors.Searcher.search`` (unique, none tombstoned)."""
+        queries = np.ascontiguousarray(queries, dtype=np.float32).reshape(-1, self.dim)
+        allowed = None if allowed_ids is None else np.sort(np.asarray(allowed_ids, dtype=np.int64))
+        all_scores, all_ids = [], []
+        for number, segment in enumerate(self.manifest.segments):
+            part = None if allowed is None else in_range(allowed, segment)
+            if part is not None and len(part) == 0:
+                continue
+            scores, ids = self.searcher(number).search(queries, k, part)
+            all_scores.append(scores)
+            all_ids.append(ids)
+        if not all_scores:
+            return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
+        if len(all_scores) == 1:
+            return all_scores[0], all_ids[0]
+        return merge_top_k(np.concatenate(all_scores, axis=1), np.concatenate(all_ids, axis=1), k)
+
+    def reconstruct(self, object_id: int) -> np.ndarray | None:
+        """The (D,) float32 vector of a live object, or None when there is none."""
+        tombstones = self.tombstones
+        at = np.searchsorted(tombstones, object_id)
+        if at < len(tombstones) and tombstones[at] == object_id:
+            return None
+        for number, segment in enumerate(self.manifest.segments):
+            if segment.holds(object_id):
+                try:
+                    return self.searcher(number).index.reconstruct(int(object_id))
+                except RuntimeError:  # not in the segment
+                    return None
+        return None
+
+    def all_ids(self) -> np.ndarray:
+        """Sorted ids of every live vector."""
+        parts = [self.searcher(number)._ids() for number in range(len(self.manifest.segments))]
+        return np.sort(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
+
+
+def merge_top_k(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The best k of (Q, M) candidate scores and ids (id -1 = empty) -> (Q, min(k, M)), best first."""
+    scores = np.where(ids >= 0, scores, -np.inf)
+    k = min(k, scores.shape[1])
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    top_ids = np.take_along_axis(ids, order, axis=1)
+    top_scores = np.take_along_axis(scores, order, axis=1)
+    top_ids[~np.isfinite(top_scores)] = -1
+    return top_scores.astype(np.float32), top_ids
+
+
