@@ -20,6 +20,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks.provenance import commit, utc_now
+
 logger = logging.getLogger(__name__)
 
 COLUMNS = [
@@ -71,16 +73,6 @@ def machine() -> dict[str, Any]:
     return {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
             "platform": platform.platform(), "processor": platform.processor()}
-
-
-def commit() -> str:
-    """The checked-out commit (with ``+dirty`` when the work tree has changes), or 'unknown'."""
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return head + ("+dirty" if dirty else "")
 
 
 def markdown(runs: list[dict[str, Any]], first_column: str) -> str:
@@ -135,6 +127,3 @@ def write_report(title: str, runs: list[dict[str, Any]], first_column: str, out_
                                                         indent=2, default=float))
     return text
 
-
-def utc_now() -> str:
-    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())

@@ -24,10 +24,12 @@ from typing import Any, Callable, TypeVar
 
 import duckdb
 import numpy as np
+import pyarrow as pa
 
 from objsearch import schema
 from objsearch.errors import BadQuery, IndexCorrupt, QueryTimeout, first_line
 from objsearch.store.manifest import Manifest
+from objsearch.store.rows import RowFinder
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +53,8 @@ class Catalog:
         self.time_limit_s = time_limit_s if time_limit_s is not None and math.isfinite(time_limit_s) else None
         self.con = duckdb.connect(":memory:")
         self.root, self.manifest = root, manifest
+        self._objects_schema = schema.objects_schema(manifest.embedder.embed_dim)
+        self._object_rows, self._image_rows = RowFinder(schema.OBJECT_ID), RowFinder(schema.IMAGE_ID)
         image_files = [root / e.path for e in manifest.image_shards]
         object_files = [root / e.path for e in manifest.object_shards]
         tombstone_files = [root / manifest.tombstones.path] if manifest.tombstones else []
@@ -149,25 +153,31 @@ class Catalog:
             timer.join()
 
     def rows_for_objects(self, object_ids: np.ndarray, deadline: float | None = None) -> dict[int, dict]:
-        """object_id -> the HIT_COLUMNS of that object (ids not in the catalog are left out). Only the
-        objects shards whose id range holds a wanted id are read, and only the images those rows
-        name. ``deadline``: see ``deadline()``; by default this call gets the whole time limit."""
+        """object_id -> the HIT_COLUMNS of that object (ids not in the index are left out). Only the
+        row groups that hold the ids are read (``rows``), of the segments whose id range holds them.
+        ``deadline``: see ``deadline()``; by default this call gets the whole time limit."""
         if len(object_ids) == 0:
             return {}
+        deadline = self.deadline() if deadline is None else deadline
+        self.check_deadline(deadline)
         wanted = np.unique(np.asarray(object_ids, dtype=np.int64))
         files = [self.root / s.objects.path for s in self.manifest.segments
                  if np.any((wanted >= s.min_object_id) & (wanted <= s.max_object_id))]
-        if not files:
-            return {}
-        object_columns = ", ".join(c for c in HIT_COLUMNS if c != schema.PATH)
-        sql = (f"WITH hit AS (SELECT {object_columns} FROM read_parquet({_parquet_list(files)}) WHERE object_id IN (SELECT unnest($ids))) "
-               f"SELECT {', '.join(HIT_COLUMNS)} FROM hit JOIN images USING (image_id) "
-               "WHERE images.image_id IN (SELECT image_id FROM hit)")
+        object_columns = [c for c in HIT_COLUMNS if c != schema.PATH]
         try:
-            names, rows = self._timed(lambda: _fetch(self.con.execute(sql, {"ids": wanted.tolist()})), deadline)
-        except duckdb.Error as exc:  # a shard removed under a long-lived reader
+            objects = self._object_rows.rows(files, wanted, object_columns, self._objects_schema).to_pydict()
+            image_files = [self.root / e.path for e in self.manifest.image_shards]
+            images = self._image_rows.rows(image_files, np.array(objects[schema.IMAGE_ID], np.int64), [schema.PATH], schema.IMAGES_SCHEMA)
+        except (OSError, pa.ArrowException) as exc:  # a shard removed under a reader that holds no lease
             raise IndexCorrupt(f"cannot read the index's shards ({first_line(exc)}); reopen the index") from None
-        return {row[0]: dict(zip(names, row)) for row in rows}
+        self.check_deadline(deadline)
+        paths = dict(zip(images.column(schema.IMAGE_ID).to_pylist(), images.column(schema.PATH).to_pylist()))
+        rows = {}
+        for values in zip(*(objects[c] for c in object_columns)):
+            row = dict(zip(object_columns, values))
+            if row[schema.IMAGE_ID] in paths:
+                rows[row[schema.OBJECT_ID]] = {**row, schema.PATH: paths[row[schema.IMAGE_ID]]}
+        return rows
 
     def sql(self, statement: str) -> tuple[list[str], list[tuple]]:
         """Run one read-only SELECT-like statement -> (column names, rows)."""

@@ -327,7 +327,7 @@ class IndexWriter:
     def _write_new_images(self, manifest: Manifest, tag: str) -> None:
         if not self._staged_images:
             return
-        table = parquet.images_table(self._staged_images)
+        table = parquet.images_table(self._staged_images).sort_by(schema.IMAGE_ID)  # rows are looked up by id
         relative = f"{IMAGES_DIR}/images-{tag}.parquet"
         parquet.write_shard(table, self.root / relative)
         manifest.image_shards = manifest.image_shards + [self._entry(relative)]

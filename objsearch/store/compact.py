@@ -39,7 +39,8 @@ from objsearch.store.segments import in_range
 logger = logging.getLogger(__name__)
 
 MERGE_FANOUT = 4
-SEGMENT_TIER_BASE_ROWS = 2048
+SEGMENT_TIER_BASE_ROWS = 1024  # tier 0: below 4096 rows
+SEGMENT_EXACT_MAX_ROWS = 4096  # larger segments get an inverted file: at most F - 1 exact segments remain
 IMAGE_SHARD_TIER_BASE_BYTES = 64 << 10
 
 
@@ -68,10 +69,11 @@ def live_rows(segments: list[Segment], tombstones: np.ndarray) -> list[int]:
 def segment_index_type(manifest: Manifest, rows: int, total_rows: int) -> str:
     """The FAISS factory string for a segment of ``rows`` vectors in an index of ``total_rows``:
     the --index-type override, or the automatic choice within the segment's share of the memory
-    budget; exact while too few vectors to train the type."""
+    budget, exact only up to SEGMENT_EXACT_MAX_ROWS (a query scans every exact segment whole);
+    exact while too few vectors to train the type."""
     dim = manifest.embedder.embed_dim
     budget = manifest.max_index_memory * rows // max(total_rows, 1) if manifest.max_index_memory else None
-    target = manifest.index_type_override or vectors.choose_index_type(rows, dim, budget or None)
+    target = manifest.index_type_override or vectors.choose_index_type(rows, dim, budget or None, exact_max=SEGMENT_EXACT_MAX_ROWS)
     return target if vectors.trainable(target, rows) else vectors.DEFAULT_INDEX_TYPE
 
 
@@ -107,7 +109,7 @@ def merge_segments(root: Path, manifest: Manifest, start: int, end: int, tombsto
 
 def merge_image_shards(root: Path, entries: list[FileEntry], tag: str) -> tuple[FileEntry, pa.Table]:
     """One shard holding the rows of ``entries`` -> (its entry, its rows)."""
-    table = parquet.read_shards([root / e.path for e in entries], schema.IMAGES_SCHEMA)
+    table = parquet.read_shards([root / e.path for e in entries], schema.IMAGES_SCHEMA).sort_by(schema.IMAGE_ID)
     relative = f"{IMAGES_DIR}/images-{tag}.parquet"
     parquet.write_shard(table, root / relative)
     return file_entry(root, relative), table

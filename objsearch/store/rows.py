@@ -1,0 +1,71 @@
+"""Rows by id without scanning: the row groups of a Parquet shard are located by their statistics.
+
+Objects shards are sorted by object_id and images shards by image_id, and both are written in
+small row groups (``parquet.ROW_GROUP_ROWS``), so fetching the rows of k search hits reads about k
+row groups of a few columns, whatever the size of the index. Each shard's footer is parsed once per
+reader and kept.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+
+class ShardIndex:
+    """Random access by a key column (int64) to one Parquet file, via row-group min/max statistics."""
+
+    def __init__(self, path: Path, key: str) -> None:
+        self.file = pq.ParquetFile(path)
+        self.key = key
+        metadata = self.file.metadata
+        column = metadata.schema.to_arrow_schema().get_field_index(key)
+        lows, highs = [], []
+        for number in range(metadata.num_row_groups):
+            stats = metadata.row_group(number).column(column).statistics
+            if stats is None or not stats.has_min_max:  # no statistics: the group may hold anything
+                lows.append(np.iinfo(np.int64).min)
+                highs.append(np.iinfo(np.int64).max)
+            else:
+                lows.append(stats.min)
+                highs.append(stats.max)
+        self.lows, self.highs = np.array(lows, np.int64), np.array(highs, np.int64)
+
+    def rows(self, keys: np.ndarray, columns: Sequence[str]) -> pa.Table | None:
+        """The rows whose key is in sorted ``keys`` (``columns`` plus the key), or None when none can be here."""
+        # A group may hold a key when some key lies in [low, high]: the first key >= low is <= high.
+        first = np.searchsorted(keys, self.lows)
+        candidates = np.nonzero((first < len(keys)) & (keys[np.minimum(first, len(keys) - 1)] <= self.highs))[0]
+        if len(candidates) == 0:
+            return None
+        wanted = list(dict.fromkeys([self.key, *columns]))
+        table = self.file.read_row_groups(candidates.tolist(), columns=wanted, use_threads=False)
+        return table.filter(pc.is_in(table.column(self.key), value_set=pa.array(keys, pa.int64())))
+
+
+class RowFinder:
+    """Rows of several shards by key; shards are opened on first use and kept."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        self._shards: dict[Path, ShardIndex] = {}
+
+    def rows(self, paths: Sequence[Path], keys: np.ndarray, columns: Sequence[str], schema: pa.Schema) -> pa.Table:
+        """Rows of ``paths`` whose key is in ``keys`` (any order, duplicates allowed), as ``schema``'s ``columns``."""
+        keys = np.unique(np.asarray(keys, dtype=np.int64))
+        wanted = list(dict.fromkeys([self.key, *columns]))
+        parts = []
+        for path in paths:
+            if path not in self._shards:
+                self._shards[path] = ShardIndex(path, self.key)
+            found = self._shards[path].rows(keys, columns)
+            if found is not None and found.num_rows:
+                parts.append(found.select(wanted).cast(pa.schema([schema.field(c) for c in wanted])))
+        if not parts:
+            return pa.schema([schema.field(c) for c in wanted]).empty_table()
+        return pa.concat_tables(parts)

@@ -1,0 +1,175 @@
+"""Segments, tombstones and compaction: many small commits and deletions search exactly like one
+index over the live objects; compaction keeps the segment count bounded and changes no result;
+a writer opens without re-reading unchanged files and still refuses altered ones."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from objsearch import open_index
+from objsearch.cli import app
+from objsearch.embedders.base import Detections
+from objsearch.errors import IndexCorrupt
+from objsearch.store import compact, layout, verified
+from objsearch.store.commit import ImageRecord, IndexWriter, compact_index
+from objsearch.store.manifest import EmbedderInfo, read_manifest
+from tests.reliability.helpers import snapshot
+
+DIM = 13  # the blob embedder's, so the shared snapshot() can open these indexes
+INFO = EmbedderInfo("test-blobs", "1", DIM, source="objsearch.datasets.blob_embedder:build")
+
+
+def unit_vectors(rng, n):
+    v = rng.standard_normal((n, DIM)).astype(np.float32)
+    return (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float16).astype(np.float32)
+
+
+def add_images(writer, rng, first, count, per_image=3):
+    """Stage ``count`` images of ``per_image`` objects; returns {image_id: (object vectors)}."""
+    added = {}
+    for number in range(first, first + count):
+        vectors = unit_vectors(rng, per_image)
+        labels = ["even" if number % 2 == 0 else "odd"] * per_image
+        dets = Detections(np.tile([0, 0, 10, 10], (per_image, 1)), np.full(per_image, 0.9), labels, vectors)
+        image_id = writer.add_image(ImageRecord(f"/photos/{number:05d}.jpg", 1, number, f"{number:032x}", 100, 100), dets)
+        added[image_id] = vectors
+    return added
+
+
+def build(root, rng, *, commits=12, per_commit=5, auto_compact=True):
+    """An index made of many small commits, with deletions between them. Returns {image_id: vectors} of the live images."""
+    live = {}
+    with IndexWriter(root, INFO, auto_compact=auto_compact) as writer:
+        for number in range(commits):
+            live.update(add_images(writer, rng, number * per_commit, per_commit))
+            writer.commit()
+            if number % 3 == 2:  # delete two images of earlier commits: their objects become tombstones
+                gone = sorted(live)[number::5][:2]
+                writer.remove_images(gone)
+                for image_id in gone:
+                    live.pop(image_id)
+                writer.commit()
+    return live
+
+
+def live_vectors(root):
+    """(object ids, vectors, labels) the index serves, read back through SQL."""
+    with open_index(root) as idx:
+        rows = idx.sql("SELECT object_id, embedding, label FROM objects ORDER BY object_id")[1]
+    return np.array([r[0] for r in rows]), np.array([r[1] for r in rows], np.float32), np.array([r[2] for r in rows])
+
+
+def exact_top(ids, vectors, query, k, mask=None):
+    mask = np.ones(len(ids), bool) if mask is None else mask
+    scores = vectors[mask] @ query
+    return ids[mask][np.argsort(-scores, kind="stable")[:k]].tolist()
+
+
+def test_many_segments_with_tombstones_search_exactly_like_one_index(tmp_path):
+    rng = np.random.default_rng(0)
+    root = tmp_path / "idx"
+    live = build(root, rng, auto_compact=False)
+    manifest = read_manifest(root)
+    assert len(manifest.segments) == 12 and manifest.tombstone_count == 4 * 2 * 3
+    ids, vectors, labels = live_vectors(root)
+    assert len(ids) == 3 * len(live) == manifest.counts["objects"]
+    queries = unit_vectors(rng, 20)
+    with open_index(root) as idx:
+        assert sorted(idx.vectors.all_ids().tolist()) == ids.tolist()  # tombstoned ids are never served
+        for query in queries:
+            assert [h.object_id for h in idx.search_embedding(query, k=7)] == exact_top(ids, vectors, query, 7)
+            filtered = [h.object_id for h in idx.search_embedding(query, k=7, where="label = 'odd'")]
+            assert filtered == exact_top(ids, vectors, query, 7, labels == "odd")
+        removed = sorted(set(range(manifest.next_object_id)) - set(ids.tolist()))
+        with pytest.raises(Exception, match="no object with id"):
+            idx.search_object(removed[0])
+        before = [[h.object_id for h in idx.search_embedding(q, k=7)] for q in queries]
+
+    compact_index(root)
+    manifest = read_manifest(root)
+    assert len(manifest.segments) == 1 and manifest.tombstone_count == 0 and manifest.tombstones is None
+    assert len(manifest.image_shards) == 1
+    with open_index(root) as idx:
+        assert [[h.object_id for h in idx.search_embedding(q, k=7)] for q in queries] == before
+    assert live_vectors(root)[0].tolist() == ids.tolist()
+
+
+def test_automatic_compaction_bounds_the_segments_and_changes_no_result(tmp_path, monkeypatch):
+    monkeypatch.setattr(compact, "SEGMENT_TIER_BASE_ROWS", 4)  # tiers at 16, 64, 256 rows: several levels of merges
+    rng = np.random.default_rng(1)
+    root = tmp_path / "idx"
+    build(root, np.random.default_rng(1), commits=60, per_commit=2, auto_compact=True)
+    manifest = read_manifest(root)
+    rows = compact.live_rows(manifest.segments, np.zeros(0, np.int64))
+    tiers = [compact.tier(r, 4) for r in rows]
+    assert all(tiers.count(t) < compact.MERGE_FANOUT for t in set(tiers)), tiers  # the rule holds at rest
+    assert len(manifest.segments) <= 3 * (max(tiers) + 1)
+    assert max(rows) >= 64  # merges of merges happened
+    objects, images = snapshot(root)  # checksums, FAISS == Parquet per segment, counts
+    reference = tmp_path / "reference"
+    build(reference, np.random.default_rng(1), commits=60, per_commit=2, auto_compact=False)
+    reference_objects, reference_images = snapshot(reference)
+    assert sorted(reference_objects) == sorted(objects) and reference_images == images
+    queries = unit_vectors(rng, 10)
+    with open_index(root) as merged, open_index(reference) as unmerged:
+        for query in queries:
+            assert [h.object_id for h in merged.search_embedding(query, k=5)] == [h.object_id for h in unmerged.search_embedding(query, k=5)]
+
+
+def test_run_to_merge_takes_the_newest_run_of_a_tier():
+    assert compact.run_to_merge([100, 5, 5, 5], base=4) is None
+    assert compact.run_to_merge([100, 5, 5, 5, 5], base=4) == (1, 5)
+    assert compact.run_to_merge([5, 5, 5, 5, 100, 5], base=4) == (0, 4)
+    assert compact.run_to_merge([20, 20, 20, 20, 5, 5, 5], base=4) == (0, 4)
+
+
+def test_the_compact_command_reports_what_it_did(tmp_path):
+    root = tmp_path / "idx"
+    build(root, np.random.default_rng(2), auto_compact=False)
+    expected = snapshot(root)
+    result = CliRunner().invoke(app, ["compact", "--index", str(root)])
+    assert result.exit_code == 0, result.output
+    assert "12 segments -> 1" in result.output and "24 deleted objects' rows dropped" in result.output
+    assert snapshot(root) == expected
+    files = {p.relative_to(root).as_posix() for p in root.rglob("*.parquet")} | {p.relative_to(root).as_posix() for p in root.rglob("*.faiss")}
+    assert files == {e.path for e in read_manifest(root).files()}
+
+
+def test_a_writer_reads_no_unchanged_file_and_refuses_an_altered_one(tmp_path, monkeypatch):
+    root = tmp_path / "idx"
+    build(root, np.random.default_rng(3), auto_compact=False)
+    hashed = []
+    real = layout.sha256_file
+    monkeypatch.setattr(verified, "sha256_file", lambda path: hashed.append(path) or real(path))
+    IndexWriter(root, INFO).close()
+    assert hashed == []  # every file was verified when written, and none changed since
+
+    victim = root / read_manifest(root).segments[4].objects.path
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    victim.write_bytes(bytes(data))  # same size, new content (and a new mtime and ctime)
+    with pytest.raises(IndexCorrupt, match=victim.name):
+        IndexWriter(root, INFO)
+    assert hashed == [victim]  # only the file that changed was read
+
+    (root / layout.VERIFIED).unlink()  # without the cache every file is hashed: still refused
+    hashed.clear()
+    with pytest.raises(IndexCorrupt, match=victim.name):
+        IndexWriter(root, INFO)
+    assert len(hashed) == len(read_manifest(root).files())
+
+
+def test_a_damaged_tombstones_file_is_rebuilt_without_loss(tmp_path):
+    root = tmp_path / "idx"
+    build(root, np.random.default_rng(4), auto_compact=False)
+    expected = snapshot(root)
+    path = root / read_manifest(root).tombstones.path
+    path.write_bytes(path.read_bytes()[:-20])
+    check = CliRunner().invoke(app, ["doctor", "--index", str(root)])
+    assert check.exit_code == 1 and "tombstones" in check.output
+    repair = CliRunner().invoke(app, ["doctor", "--repair", "--index", str(root)])
+    assert repair.exit_code == 0, repair.output
+    assert "recomputed the tombstones: 24 objects of removed images" in repair.output
+    assert snapshot(root) == expected
