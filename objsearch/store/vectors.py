@@ -43,9 +43,10 @@ def _faiss():
     return faiss
 
 
-def choose_index_type(n_objects: int, embed_dim: int, max_memory_bytes: int | None = None) -> str:
-    """The factory string for ``n_objects`` vectors of ``embed_dim`` within a memory budget (bytes)."""
-    if n_objects <= EXACT_MAX_OBJECTS and (not max_memory_bytes or n_objects * estimated_bytes_per_vector(DEFAULT_INDEX_TYPE, embed_dim) <= max_memory_bytes):
+def choose_index_type(n_objects: int, embed_dim: int, max_memory_bytes: int | None = None, *, exact_max: int | None = None) -> str:
+    """The factory string for ``n_objects`` vectors of ``embed_dim`` within a memory budget (bytes);
+    exact search up to ``exact_max`` vectors (default EXACT_MAX_OBJECTS)."""
+    if n_objects <= (EXACT_MAX_OBJECTS if exact_max is None else exact_max) and (not max_memory_bytes or n_objects * estimated_bytes_per_vector(DEFAULT_INDEX_TYPE, embed_dim) <= max_memory_bytes):
         return DEFAULT_INDEX_TYPE
     candidates = ivf_index_types(n_objects, embed_dim)
     for index_type in candidates:
