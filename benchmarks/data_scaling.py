@@ -10,7 +10,8 @@ import argparse
 import logging
 from pathlib import Path
 
-from benchmarks.training_runs import utc_now, commit, train_rows, write_report
+from benchmarks.provenance import commit, utc_now
+from benchmarks.training_runs import train_rows, write_report
 
 
 def main(argv: list[str] | None = None) -> int:

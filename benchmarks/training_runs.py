@@ -14,13 +14,12 @@ import math
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.provenance import commit, utc_now
+from benchmarks.provenance import utc_now
 
 logger = logging.getLogger(__name__)
 

@@ -296,9 +296,15 @@ def compact(index_path: IndexOption = None) -> None:
     from objsearch.store.layout import resolve_index_path
     from objsearch.store.manifest import index_size_bytes
 
+    from objsearch.store.upgrade import OLD_FORMAT, manifest_format
+
     root = resolve_index_path(index_path)
-    size_before = index_size_bytes(root)
+    upgrading = manifest_format(root) == OLD_FORMAT
+    size_before = None if upgrading else index_size_bytes(root)
     before, after = compact_index(root)
+    if upgrading:
+        typer.echo(f"upgraded {root} to format {after.format_version} ({len(before.segments)} segments)")
+        size_before = sum(e.size for e in before.files())
     typer.echo(f"compacted {root}: {len(before.segments)} segments -> {len(after.segments)}, {len(before.files())} files -> {len(after.files())}, "
                f"{before.tombstone_count} deleted objects' rows dropped, {size_before:,} -> {index_size_bytes(root):,} bytes")
 

@@ -16,7 +16,7 @@ from typing import Sequence
 import numpy as np
 
 from objsearch.embedders.base import ObjectEmbedder, load_embedder
-from objsearch.errors import BadQuery, IndexCorrupt, first_line
+from objsearch.errors import BadQuery, IndexCorrupt
 from objsearch.hits import Hit
 from objsearch.store.catalog import DEFAULT_TIME_LIMIT_S, Catalog
 from objsearch.store.gc import ReaderLease, leased_manifest

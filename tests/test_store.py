@@ -11,7 +11,6 @@ import pytest
 
 from indexer.pipeline import IndexOptions, index_folders
 from objsearch import open_index
-from objsearch.store import vectors
 from objsearch.box_ops import box_iou
 from objsearch.errors import IndexLocked, IndexNotFound, ModelMismatch, ObjsearchError
 from objsearch.store.manifest import read_manifest

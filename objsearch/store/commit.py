@@ -385,7 +385,12 @@ class IndexWriter:
 
 def compact_index(root: Path) -> tuple[Manifest, Manifest]:
     """Merge every segment and every images shard of the index at ``root`` into one each, dropping
-    the rows of deleted objects for good; unused files are deleted. Returns (before, after)."""
+    the rows of deleted objects for good; unused files are deleted. An index of format 1 is first
+    upgraded to segments (``upgrade``). Returns (before, after)."""
+    from objsearch.store.upgrade import OLD_FORMAT, manifest_format, upgrade_format_1
+
+    if manifest_format(root) == OLD_FORMAT:
+        upgrade_format_1(root)
     before = read_manifest(root)
     with IndexWriter(root, before.embedder, auto_compact=False) as writer:
         writer.compact(full=True)

@@ -133,7 +133,6 @@ def repair_index(root: Path) -> DoctorReport:
 
 
 def _drop_damaged_shards(root: Path, manifest: Manifest, bad: set[str], report: DoctorReport) -> None:
-    dim = manifest.embedder.embed_dim
     lost_segments = [s for s in manifest.segments if s.objects.path in bad]
     lost_images = [e for e in manifest.image_shards if e.path in bad]
     manifest.segments = [s for s in manifest.segments if s.objects.path not in bad]

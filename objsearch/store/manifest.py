@@ -113,7 +113,8 @@ class Manifest:
             raise FormatVersionError(
                 f"index format version {version} is {'newer than' if newer else 'incompatible with'} "
                 f"this objsearch (format {SCHEMA_VERSION})"
-                + ("; upgrade objsearch" if newer else "; re-index into a new directory")
+                + ("; upgrade objsearch" if newer else "; run `objsearch compact` once to upgrade it in place (nothing is re-embedded)"
+                   if version == 1 else "; re-index into a new directory")
             )
         data = dict(data)
         data["embedder"] = EmbedderInfo(**data["embedder"])

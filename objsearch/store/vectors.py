@@ -228,11 +228,10 @@ class Searcher:
         self.index = index
         self._sorted_ids: np.ndarray | None = None
         self.excluded = np.zeros(0, np.int64) if excluded is None else np.asarray(excluded, np.int64)
-        faiss = _faiss()
         self._not_excluded = None
         if len(self.excluded):
             inner = _selector(self.excluded)
-            self._not_excluded = (faiss.IDSelectorNot(inner), inner)  # the tuple keeps ``inner`` alive
+            self._not_excluded = (_faiss().IDSelectorNot(inner), inner)  # the tuple keeps ``inner`` alive
         if use_gpu is None:
             use_gpu = gpu_search_enabled()
         self.gpu_index = to_gpus(index) if use_gpu and index.ntotal else None

@@ -9,7 +9,6 @@ import sys
 import numpy as np
 
 from objsearch import open_index
-from objsearch.store import vectors
 from objsearch.store.doctor import check_index
 from objsearch.datasets.blob_embedder import build as build_blobs
 from tests.conftest import REPO
