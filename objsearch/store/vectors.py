@@ -247,7 +247,6 @@ class Searcher:
         ``allowed_ids`` (unique object ids, none of them excluded) restricts the search to them;
         the result is the top-k among them.
         """
-        faiss = _faiss()
         index = self.index
         queries = np.ascontiguousarray(queries, dtype=np.float32).reshape(-1, index.d)
         if self.live_count <= 0 or (allowed_ids is not None and len(allowed_ids) == 0):
