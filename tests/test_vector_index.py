@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 from indexer.pipeline import IndexOptions, index_folders
 from objsearch import open_index
 from objsearch.cli import app
-from objsearch.store import vectors
+from objsearch.store import compact, vectors
 from objsearch.store.manifest import read_manifest
 from objsearch.datasets.scenes import make_dataset
 from objsearch.datasets.blob_embedder import build as build_blobs
@@ -35,7 +35,7 @@ def test_choice_follows_size_and_memory_budget():
 
 
 def test_the_index_switches_to_ivf_as_it_grows_and_stays_consistent(tmp_path, monkeypatch):
-    monkeypatch.setattr(vectors, "EXACT_MAX_OBJECTS", 60)
+    monkeypatch.setattr(compact, "SEGMENT_EXACT_MAX_ROWS", 60)  # merged segments beyond 60 rows get an inverted file
     folder = tmp_path / "imgs"
     make_dataset(folder, 12)  # 36 objects: exact
     index(folder, tmp_path / "idx")
