@@ -205,10 +205,11 @@ class IndexWriter:
             self._write_tombstones(manifest, np.union1d(self._tombstones, removed_object_ids), tag)
         manifest.next_image_id = self._next_image_id
         manifest.next_object_id = self._next_object_id
-        statuses = self._images.column(schema.STATUS).to_pylist()
+        if self._images.column(schema.STATUS).num_chunks > 256:  # one chunk per commit otherwise
+            self._images = self._images.combine_chunks()
         manifest.counts = {
-            "images": len(statuses),
-            "images_error": statuses.count(schema.STATUS_ERROR),
+            "images": self._images.num_rows,
+            "images_error": pc.sum(pc.equal(self._images.column(schema.STATUS), schema.STATUS_ERROR)).as_py() or 0,
             "objects": sum(s.rows for s in manifest.segments) - manifest.tombstone_count,
         }
         self._swap(manifest)
