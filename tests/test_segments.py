@@ -15,6 +15,7 @@ from objsearch.errors import IndexCorrupt
 from objsearch.store import compact, layout, verified
 from objsearch.store.commit import ImageRecord, IndexWriter, compact_index
 from objsearch.store.manifest import EmbedderInfo, read_manifest
+from objsearch.store.segments import read_tombstones
 from tests.reliability.helpers import snapshot
 
 DIM = 13  # the blob embedder's, so the shared snapshot() can open these indexes
@@ -109,11 +110,10 @@ def test_automatic_compaction_bounds_the_segments_and_changes_no_result(tmp_path
     root = tmp_path / "idx"
     build(root, np.random.default_rng(1), commits=60, per_commit=2, auto_compact=True)
     manifest = read_manifest(root)
-    rows = compact.live_rows(manifest.segments, np.zeros(0, np.int64))
-    tiers = [compact.tier(r, 4) for r in rows]
-    assert all(tiers.count(t) < compact.MERGE_FANOUT for t in set(tiers)), tiers  # the rule holds at rest
-    assert len(manifest.segments) <= 3 * (max(tiers) + 1)
-    assert max(rows) >= 64  # merges of merges happened
+    rows = compact.live_rows(manifest.segments, read_tombstones(root, manifest))
+    assert compact.run_to_merge(rows, 4) is None, rows  # the rule holds at rest ...
+    assert len(manifest.segments) <= 12, rows  # ... after 60 commits and more than 20 merges
+    assert max(rows) >= 64 and manifest.tombstone_count < 20 * 2 * 3  # merges of merges happened, dropping deleted rows
     objects, images = snapshot(root)  # checksums, FAISS == Parquet per segment, counts
     reference = tmp_path / "reference"
     build(reference, np.random.default_rng(1), commits=60, per_commit=2, auto_compact=False)
@@ -129,7 +129,12 @@ def test_run_to_merge_takes_the_newest_run_of_a_tier():
     assert compact.run_to_merge([100, 5, 5, 5], base=4) is None
     assert compact.run_to_merge([100, 5, 5, 5, 5], base=4) == (1, 5)
     assert compact.run_to_merge([5, 5, 5, 5, 100, 5], base=4) == (0, 4)
-    assert compact.run_to_merge([20, 20, 20, 20, 5, 5, 5], base=4) == (0, 4)
+    assert compact.run_to_merge([20, 20, 20, 20, 20, 20, 20, 20, 5], base=4) == (4, 8)
+
+
+def test_no_automatic_merge_takes_more_than_half_the_index():
+    assert compact.run_to_merge([20, 20, 20, 20, 5, 5, 5], base=4) is None  # 80 of 95: the disk would double
+    assert compact.run_to_merge([20, 20, 20, 20, 20, 20, 20, 20, 20, 5], base=4) == (5, 9)  # 80 of 185
 
 
 def test_the_compact_command_reports_what_it_did(tmp_path):

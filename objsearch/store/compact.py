@@ -12,7 +12,11 @@ tier, and so on. Why this rule:
   ``(F - 1) * (log_F(N / BASE) + 1)`` segments, and as many objects shards: queries and file counts
   stay bounded whatever the commit cadence;
 - merging neighbours keeps each segment's object ids in one range that no other segment's
-  overlaps, which is what lets a row look-up read only the shards that hold the hits.
+  overlaps, which is what lets a row look-up read only the shards that hold the hits;
+- a merge never takes more than half of the index (MAX_MERGE_SHARE), so the files it writes
+  before the old ones can go keep the disk below 1.5x the live data; the price is that the top
+  tier may hold up to 2F - 1 segments instead of F - 1. ``objsearch compact`` merges everything
+  at once and so needs up to 2x for its duration.
 
 Image shards follow the same rule by file size. A merge drops tombstoned rows, so deleted objects
 leave the disk when their segment is next merged (``objsearch compact`` merges everything now).
@@ -41,6 +45,7 @@ logger = logging.getLogger(__name__)
 MERGE_FANOUT = 4
 SEGMENT_TIER_BASE_ROWS = 1024  # tier 0: below 4096 rows
 SEGMENT_EXACT_MAX_ROWS = 4096  # larger segments get an inverted file: at most F - 1 exact segments remain
+MAX_MERGE_SHARE = 0.5  # a merge rewrites at most this share of the index: disk peaks below 1.5x the live data
 IMAGE_SHARD_TIER_BASE_BYTES = 64 << 10
 
 
@@ -50,14 +55,18 @@ def tier(size: int, base: int, fanout: int = MERGE_FANOUT) -> int:
 
 
 def run_to_merge(sizes: list[int], base: int, fanout: int = MERGE_FANOUT) -> tuple[int, int] | None:
-    """(start, end) of the newest run of at least ``fanout`` neighbours in one tier, or None."""
-    end = len(sizes)
+    """(start, end) of the newest run of at least ``fanout`` neighbours in one tier that holds at
+    most MAX_MERGE_SHARE of the total size, or None."""
+    end, limit = len(sizes), MAX_MERGE_SHARE * sum(sizes)
     while end > 0:
         start = end - 1
         while start > 0 and tier(sizes[start - 1], base, fanout) == tier(sizes[end - 1], base, fanout):
             start -= 1
         if end - start >= fanout:
-            return start, end
+            # In a long run, the newest ``fanout`` neighbours that fit the limit.
+            for first in range(end - fanout, start - 1, -1):
+                if sum(sizes[first : first + fanout]) <= limit:
+                    return first, first + fanout
         end = start
     return None
 
