@@ -11,7 +11,8 @@ reports, in one run:
 - writer open time at every tenth (verified-checksum cache warm) and once with the cache removed
   (every file hashed, what every open cost before);
 - peak disk use against the live data: the index folder is measured right before every manifest
-  swap (when a commit's or merge's new files and the files it supersedes both exist) and after;
+  swap (when a commit's or merge's new files and the files it supersedes both exist), against the
+  files of the generation committed at that moment;
 - file count (peak and final), segments;
 - query p50 with the row fetch (``Index.search_embedding``, k=10) and recall@10 against exact
   search, on the state the last commit left and after ``objsearch compact`` (one segment: what a
@@ -67,7 +68,7 @@ class DiskWatch:
     def __enter__(self):
         def watched(root, manifest):
             size, files = folder_bytes(root)
-            live = sum(e.size for e in manifest.files())  # what the new generation holds
+            live = sum(e.size for e in read_manifest(root).files())  # the live data: still the committed generation
             self.peak_bytes, self.peak_files = max(self.peak_bytes, size), max(self.peak_files, files)
             if live > (64 << 20):  # ratios of tiny indexes say nothing
                 self.peak_ratio = max(self.peak_ratio, size / live)
