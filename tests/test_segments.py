@@ -11,8 +11,9 @@ from typer.testing import CliRunner
 from objsearch import open_index
 from objsearch.cli import app
 from objsearch.embedders.base import Detections
-from objsearch.errors import IndexCorrupt
-from objsearch.store import compact, layout, verified
+from objsearch.errors import BadQuery, IndexCorrupt
+from objsearch.store import compact, gc, layout, verified
+from objsearch.store.doctor import check_index
 from objsearch.store.commit import ImageRecord, IndexWriter, compact_index
 from objsearch.store.manifest import EmbedderInfo, read_manifest
 from objsearch.store.segments import read_tombstones
@@ -91,7 +92,7 @@ def test_many_segments_with_tombstones_search_exactly_like_one_index(tmp_path):
             filtered = [h.object_id for h in idx.search_embedding(query, k=7, where="label = 'odd'")]
             assert filtered == exact_top(ids, vectors, query, 7, labels == "odd")
         removed = sorted(set(range(manifest.next_object_id)) - set(ids.tolist()))
-        with pytest.raises(Exception, match="no object with id"):
+        with pytest.raises(BadQuery, match="no object with id"):
             idx.search_object(removed[0])
         before = [[h.object_id for h in idx.search_embedding(q, k=7)] for q in queries]
 
@@ -180,7 +181,7 @@ def test_a_damaged_tombstones_file_is_rebuilt_without_loss(tmp_path):
     path = root / read_manifest(root).tombstones.path
     path.write_bytes(path.read_bytes()[:-20])
     check = CliRunner().invoke(app, ["doctor", "--index", str(root)])
-    assert check.exit_code == 1 and "tombstones" in check.output
+    assert check.exit_code == 1 and "tombstones-" in check.output and "size" in check.output
     repair = CliRunner().invoke(app, ["doctor", "--repair", "--index", str(root)])
     assert repair.exit_code == 0, repair.output
     assert "recomputed the tombstones: 24 objects of removed images" in repair.output
@@ -215,3 +216,79 @@ def test_an_index_of_format_1_is_upgraded_in_place_by_compact(tmp_path):
     assert result.exit_code == 0, result.output
     assert read_manifest(root).format_version == 2 and not list(root.glob("vectors-*.faiss"))
     assert same_content(root, expected)
+
+
+def test_a_merge_that_fails_leaves_the_writer_on_the_last_commit(tmp_path, monkeypatch):
+    """A disk that fills during a merge: the commit before it stands, the writer stays usable, and
+    its next commits neither resurrect deleted objects nor miscount anything."""
+    root = tmp_path / "idx"
+    rng = np.random.default_rng(6)
+    with IndexWriter(root, INFO, auto_compact=False) as writer:
+        added = {}
+        for number in range(3):
+            added.update(add_images(writer, rng, number * 4, 4))
+            writer.commit()
+        ids = sorted(added)
+        writer.remove_images(ids[:2])
+        writer.commit()
+
+        def disk_full(*args, **kwargs):
+            raise OSError(28, "No space left on device")
+
+        with monkeypatch.context() as patch:
+            patch.setattr(compact, "merge_image_shards", disk_full)
+            with pytest.raises(OSError, match="No space"):
+                writer.compact(full=True)  # the segments were merged in memory, then the image shards failed
+        writer.remove_images(ids[5:6])
+        writer.commit()
+        with monkeypatch.context() as patch:  # a commit that fails at its last step is dropped whole
+            patch.setattr("objsearch.store.commit.write_manifest", disk_full)
+            add_images(writer, rng, 100, 2)
+            with pytest.raises(OSError, match="No space"):
+                writer.commit()
+        writer.commit()  # nothing staged any more: a no-op
+    assert check_index(root) == []  # counts, tombstones, orphans: all as the rows say
+    manifest = read_manifest(root)
+    assert manifest.counts == {"images": 9, "images_error": 0, "objects": 27} and manifest.tombstone_count == 9
+
+
+def test_a_lease_swept_while_it_is_being_made_is_made_again(tmp_path, monkeypatch):
+    root = tmp_path / "idx"
+    build(root, np.random.default_rng(8), commits=2, auto_compact=False)
+    real_mkstemp = gc.tempfile.mkstemp
+    sweeps = []
+
+    def mkstemp_then_sweep(*args, **kwargs):
+        made = real_mkstemp(*args, **kwargs)
+        if not sweeps:  # a writer's sweep lands between the file's creation and its lock, once
+            sweeps.append(gc.collect_garbage(root, read_manifest(root)))
+        return made
+
+    monkeypatch.setattr(gc.tempfile, "mkstemp", mkstemp_then_sweep)
+    with open_index(root) as idx:
+        assert sweeps and idx._lease is not None and idx._lease.path.exists()
+
+
+def test_a_reader_whose_files_were_deleted_says_to_reopen(tmp_path):
+    """A reader without a lease (a read-only index folder) while a writer compacts: a clear error."""
+    root = tmp_path / "idx"
+    build(root, np.random.default_rng(9), commits=3, auto_compact=False)
+    with open_index(root) as idx:
+        idx._lease.release()  # as if the folder had been read-only
+        compact_index(root)
+        query = unit_vectors(np.random.default_rng(0), 1)[0]
+        for where in (None, "label = 'odd'"):
+            with pytest.raises(IndexCorrupt, match="reopen the index"):
+                idx.search_embedding(query, k=3, where=where)
+    with open_index(root) as idx:
+        assert len(idx.search_embedding(query, k=3)) == 3
+
+
+def test_rows_of_absent_ids_are_left_out(tmp_path):
+    root = tmp_path / "idx"
+    build(root, np.random.default_rng(10), commits=3, auto_compact=False)
+    with open_index(root) as idx:
+        assert idx.catalog.rows_for_objects(np.array([10**9])) == {}
+        ids = idx.vectors.all_ids()
+        rows = idx.catalog.rows_for_objects(np.array([ids[0], 10**9, ids[-1]]))
+        assert sorted(rows) == [ids[0], ids[-1]] and rows[ids[0]]["path"].startswith("/photos/")

@@ -35,7 +35,9 @@ def test_choice_follows_size_and_memory_budget():
 
 
 def test_the_index_switches_to_ivf_as_it_grows_and_stays_consistent(tmp_path, monkeypatch):
-    monkeypatch.setattr(compact, "SEGMENT_EXACT_MAX_ROWS", 60)  # merged segments beyond 60 rows get an inverted file
+    monkeypatch.setattr(vectors, "EXACT_MAX_OBJECTS", 60)  # beyond 60 objects in all, ...
+    monkeypatch.setattr(compact, "SEGMENT_EXACT_MAX_ROWS", 60)  # ... merged segments beyond 60 rows get an inverted file
+    monkeypatch.setattr(compact, "MAX_MERGE_SHARE", 1.0)  # so small an index merges only if a merge may take most of it
     folder = tmp_path / "imgs"
     make_dataset(folder, 12)  # 36 objects: exact
     index(folder, tmp_path / "idx")

@@ -94,6 +94,8 @@ class Catalog:
             pass  # any other error is reported from the full query below
         try:
             return self._object_ids(predicate, "objects_images", deadline)
+        except (duckdb.IOException, duckdb.PermissionException) as exc:  # a predicate names no file: a shard is gone
+            raise IndexCorrupt(f"cannot read the index's shards ({first_line(exc)}); reopen the index") from None
         except duckdb.Error as exc:
             raise BadQuery(f"bad --where predicate {where!r}: {first_line(exc)}. Columns: {', '.join(schema.FILTERABLE_COLUMNS)}") from None
 

@@ -190,12 +190,32 @@ class IndexWriter:
         """Make everything staged visible at once, durably, then merge segments if the rule says so.
         A no-op when nothing is staged.
 
-        If it raises (disk full, I/O error), the committed state on disk is untouched but this
-        writer's in-memory state is not: close it (the pipeline does, by letting the error out).
+        If it raises (disk full, I/O error), the committed state on disk is the last one and the
+        staged work is dropped; the writer holds that state again and stays usable. A merge that
+        fails after the commit only logs a warning: the commit stands, the merge is retried later.
         """
         if not self.staged_count:
             return
         rebuild = self._rebuild_requested
+        try:
+            self._commit_staged()
+        except BaseException:
+            self._restore()
+            raise
+        if rebuild:
+            self.compact(full=True, rebuild=True)
+        elif self.auto_compact:
+            try:
+                self.compact(full=False)
+            except Exception as exc:
+                logger.warning("merging segments failed (%s); the commit stands and the merge is retried at the next commit", first_line(exc))
+
+    def _restore(self) -> None:
+        """Back to what ``self.manifest`` (the last committed generation) holds, nothing staged."""
+        self._load_committed_state()
+        self._reset_staged()
+
+    def _commit_staged(self) -> None:
         manifest, tag = self._next_manifest()
         removed_object_ids = self._objects_of(self._staged_removals)
         self._rewrite_image_shards(manifest, tag)
@@ -215,10 +235,6 @@ class IndexWriter:
         self._swap(manifest)
         self._reset_staged()
         logger.info("committed generation %d: %s", manifest.generation, manifest.counts)
-        if rebuild:
-            self.compact(full=True, rebuild=True)
-        elif self.auto_compact:
-            self.compact(full=False)
 
     def compact(self, *, full: bool = False, rebuild: bool = False) -> int:
         """Merge segments and image shards: by the tiered rule (``compact``), or with ``full`` all of
@@ -239,11 +255,15 @@ class IndexWriter:
             if segment_run is None and shard_run is None:
                 return merges
             manifest, tag = self._next_manifest()
-            if segment_run is not None:
-                self._merge_segments(manifest, *segment_run, tag)
-            if shard_run is not None:
-                self._merge_image_shards(manifest, *shard_run, tag)
-            self._swap(manifest)
+            try:
+                if segment_run is not None:
+                    self._merge_segments(manifest, *segment_run, tag)
+                if shard_run is not None:
+                    self._merge_image_shards(manifest, *shard_run, tag)
+                self._swap(manifest)
+            except BaseException:
+                self._restore()  # the merge's in-memory changes go with it
+                raise
             self._reset_staged()
             merges += 1
             if full:
@@ -269,8 +289,9 @@ class IndexWriter:
         return entry
 
     def _verify(self, entries: list[FileEntry]) -> None:
-        """IndexCorrupt unless ``entries`` hold what the manifest says (before they are rewritten)."""
-        damaged = self.verified.damaged(entries)
+        """IndexCorrupt unless ``entries`` hold what the manifest says, every byte hashed: they are
+        about to be rewritten into new files with new checksums, which must not inherit damage."""
+        damaged = self.verified.damaged(entries, trust_cache=False)
         if damaged:
             raise IndexCorrupt(f"index files are missing or damaged: {', '.join(damaged[:5])}; run `objsearch doctor --repair`")
 

@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 
 from objsearch import schema
 from objsearch.store import parquet, vectors
-from objsearch.store.layout import TOMBSTONES_DIR, VECTORS_DIR, FileEntry, WriterLock, file_entry, sha256_file
+from objsearch.store.layout import MANIFEST, TOMBSTONES_DIR, VECTORS_DIR, FileEntry, WriterLock, file_entry, sha256_file
 from objsearch.store.manifest import Manifest, read_manifest, write_manifest
 from objsearch.store.gc import leased_manifest
 from objsearch.store.segments import read_tombstones
@@ -104,10 +104,33 @@ def _problems(root: Path, manifest: Manifest) -> list[Problem]:
             problems.append(Problem(segment.vectors.path, f"{len(np.setdiff1d(faiss_ids, parquet_ids))} FAISS ids without a Parquet row, "
                                                           f"{len(np.setdiff1d(parquet_ids, faiss_ids))} rows of {segment.objects.path} without a vector"))
         if len(parquet_ids) != segment.rows or (len(parquet_ids) and (parquet_ids[0] < segment.min_object_id or parquet_ids[-1] > segment.max_object_id)):
-            problems.append(Problem(segment.objects.path, "its rows or id range differ from the manifest's"))
+            problems.append(Problem(MANIFEST, f"the rows or id range it records for {segment.objects.path} are not the shard's"))
+    ranges = [(s.min_object_id, s.max_object_id) for s in manifest.segments]
+    if any(previous[1] >= current[0] for previous, current in zip(ranges, ranges[1:])):
+        problems.append(Problem(MANIFEST, "segments are not in object-id order with disjoint ranges"))
     tombstones = read_tombstones(root, manifest)
-    if len(tombstones) != manifest.tombstone_count or (segment_ids and len(np.setdiff1d(tombstones, np.concatenate(segment_ids)))):
+    all_ids = np.concatenate(segment_ids) if segment_ids else np.zeros(0, np.int64)
+    if len(tombstones) != manifest.tombstone_count or len(np.setdiff1d(tombstones, all_ids)):
         problems.append(Problem(manifest.tombstones.path if manifest.tombstones else "tombstones", "tombstones name objects no segment holds"))
+    if not problems:
+        problems += _orphans_and_counts(root, manifest, tombstones)
+    return problems
+
+
+def _orphans_and_counts(root: Path, manifest: Manifest, tombstones: np.ndarray) -> list[Problem]:
+    """A live object whose image row is gone, or counts that are not the rows'."""
+    objects = parquet.read_shards([root / s.objects.path for s in manifest.segments], schema.objects_schema(manifest.embedder.embed_dim),
+                                  [schema.OBJECT_ID, schema.IMAGE_ID])
+    images = parquet.read_shards([root / e.path for e in manifest.image_shards], schema.IMAGES_SCHEMA, [schema.IMAGE_ID, schema.STATUS])
+    live = ~np.isin(objects.column(0).to_numpy(), tombstones)
+    orphans = int((~np.isin(objects.column(1).to_numpy()[live], images.column(0).to_numpy())).sum())
+    problems = []
+    if orphans:
+        problems.append(Problem(manifest.tombstones.path if manifest.tombstones else "tombstones", f"{orphans} live objects have no image row"))
+    statuses = images.column(1).to_pylist()
+    counts = {"images": len(statuses), "images_error": statuses.count(schema.STATUS_ERROR), "objects": int(live.sum())}
+    if counts != manifest.counts:
+        problems.append(Problem(MANIFEST, f"counts {manifest.counts} are not the rows' {counts}"))
     return problems
 
 
@@ -120,10 +143,11 @@ def repair_index(root: Path) -> DoctorReport:
     lock.acquire()
     try:
         manifest = read_manifest(root)
+        bad = {p.path for p in _problems(root, manifest)}  # again, under the lock: a writer may have run meanwhile
         manifest.generation += 1
-        bad = {p.path for p in report.problems}
         _drop_damaged_shards(root, manifest, bad, report)
         _rebuild_vectors(root, manifest, bad, report)
+        _refresh_segment_ranges(root, manifest, report)
         _recompute_tombstones(root, manifest, bad, report)
         write_manifest(root, manifest)
     finally:
@@ -191,6 +215,19 @@ def _rebuild_vectors(root: Path, manifest: Manifest, bad: set[str], report: Doct
             report.repairs.append(f"rebuilt {relative} from Parquet ({index.ntotal} vectors)")
         segments.append(segment)
     manifest.segments = segments
+
+
+def _refresh_segment_ranges(root: Path, manifest: Manifest, report: DoctorReport) -> None:
+    """Each segment's rows and id range as its shard holds them; segments in id order."""
+    dim = manifest.embedder.embed_dim
+    segments = []
+    for segment in manifest.segments:
+        ids = np.sort(_column(root, [segment.objects], schema.objects_schema(dim), schema.OBJECT_ID))
+        if len(ids) and (len(ids), int(ids[0]), int(ids[-1])) != (segment.rows, segment.min_object_id, segment.max_object_id):
+            report.repairs.append(f"recorded the rows and id range of {segment.objects.path} again")
+            segment = dataclasses.replace(segment, rows=len(ids), min_object_id=int(ids[0]), max_object_id=int(ids[-1]))
+        segments.append(segment)
+    manifest.segments = sorted(segments, key=lambda s: s.min_object_id)
 
 
 def _recompute_tombstones(root: Path, manifest: Manifest, bad: set[str], report: DoctorReport) -> None:

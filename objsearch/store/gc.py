@@ -44,27 +44,36 @@ class ReaderLease:
         self.path = path
 
     @classmethod
-    def acquire(cls, root: Path, manifest: Manifest) -> "ReaderLease | None":
+    def acquire(cls, root: Path, manifest: Manifest, attempts: int = 5) -> "ReaderLease | None":
         """A lease on every file of ``manifest``, or None when the index folder is not writable."""
         folder = root / READERS_DIR
-        try:
-            folder.mkdir(exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".lease-", suffix=".tmp", dir=folder)
-        except OSError as exc:
-            logger.info("no reader lease in %s (%s): a writer running meanwhile may delete files this reader uses", folder, exc)
-            return None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH)  # before the lease has its final name: a sweep never sees it unlocked
-            record = {"pid": os.getpid(), "generation": manifest.generation, "files": [e.path for e in manifest.files()]}
-            os.write(fd, json.dumps(record).encode("utf-8"))
-            path = folder / f"{uuid.uuid4().hex}{LEASE_SUFFIX}"
-            os.rename(tmp, path)
-        except OSError as exc:
-            os.close(fd)
-            Path(tmp).unlink(missing_ok=True)
-            logger.info("no reader lease in %s (%s)", folder, exc)
-            return None
-        return cls(fd, path)
+        record = {"pid": os.getpid(), "generation": manifest.generation, "files": [e.path for e in manifest.files()]}
+        for _ in range(attempts):
+            try:
+                folder.mkdir(exist_ok=True)
+                fd, tmp = tempfile.mkstemp(prefix=".lease-", suffix=".tmp", dir=folder)
+            except OSError as exc:
+                logger.warning("no reader lease in %s (%s): a writer running meanwhile may delete files this reader uses", folder, exc)
+                return None
+            try:
+                os.fchmod(fd, 0o644)  # a writer running as another user must be able to read it
+                # Until this lock is held a sweep may take the file for a dead reader's and delete
+                # it; then the rename below fails and the lease is made again.
+                fcntl.flock(fd, fcntl.LOCK_SH)
+                os.write(fd, json.dumps(record).encode("utf-8"))
+                path = folder / f"{uuid.uuid4().hex}{LEASE_SUFFIX}"
+                os.rename(tmp, path)
+                return cls(fd, path)
+            except FileNotFoundError:
+                os.close(fd)
+                continue
+            except OSError as exc:
+                os.close(fd)
+                Path(tmp).unlink(missing_ok=True)
+                logger.warning("no reader lease in %s (%s): a writer running meanwhile may delete files this reader uses", folder, exc)
+                return None
+        logger.warning("no reader lease in %s: its files kept disappearing while it was made", folder)
+        return None
 
     def release(self) -> None:
         if self._fd is not None:
@@ -86,8 +95,9 @@ def leased_manifest(root: Path, attempts: int = 10) -> tuple[Manifest, ReaderLea
     raise IndexCorrupt(f"the index at {root} changed {attempts} times while it was being opened; try again")
 
 
-def leased_files(root: Path) -> set[str]:
-    """Files named by the leases of live readers; leases (and half-made ones) of dead readers are deleted."""
+def leased_files(root: Path) -> set[str] | None:
+    """Files named by the leases of live readers (None when a lease cannot be read: then nothing
+    may be deleted); leases (and half-made ones) of dead readers are deleted."""
     folder = root / READERS_DIR
     if not folder.is_dir():
         return set()
@@ -97,6 +107,9 @@ def leased_files(root: Path) -> set[str]:
             fd = os.open(path, os.O_RDONLY)
         except FileNotFoundError:
             continue  # its reader closed it meanwhile
+        except PermissionError:
+            logger.warning("cannot read the reader lease %s: no file is deleted until it goes", path)
+            return None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
@@ -125,8 +138,11 @@ def _lease_record(fd: int) -> dict:
 def collect_garbage(root: Path, manifest: Manifest) -> int:
     """Delete data files (and temp files of interrupted writes) that neither ``manifest`` nor a live
     reader's lease names. Only the writer calls this, under the writer lock. Returns bytes freed."""
-    keep = {e.path for e in manifest.files()} | leased_files(root)
-    candidates = [p for p in root.glob(".*.tmp")]
+    leased = leased_files(root)
+    if leased is None:
+        return 0
+    keep = {e.path for e in manifest.files()} | leased
+    candidates = [p for p in root.glob(".*.tmp")] + list(root.glob("vectors-*.faiss"))  # the latter: format 1's
     for folder in DATA_DIRS:
         if (root / folder).is_dir():
             candidates += [p for p in (root / folder).iterdir() if p.is_file()]

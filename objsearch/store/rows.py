@@ -38,6 +38,8 @@ class ShardIndex:
 
     def rows(self, keys: np.ndarray, columns: Sequence[str]) -> pa.Table | None:
         """The rows whose key is in sorted ``keys`` (``columns`` plus the key), or None when none can be here."""
+        if len(keys) == 0:
+            return None
         # A group may hold a key when some key lies in [low, high]: the first key >= low is <= high.
         first = np.searchsorted(keys, self.lows)
         candidates = np.nonzero((first < len(keys)) & (keys[np.minimum(first, len(keys) - 1)] <= self.highs))[0]

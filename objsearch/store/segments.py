@@ -67,8 +67,9 @@ class SegmentSet:
             path = self.root / segment.vectors.path
             try:
                 index = vectors.load(path)
-            except RuntimeError as exc:
-                raise IndexCorrupt(f"cannot load {path} ({first_line(exc)}); run `objsearch doctor --repair`") from None
+            except (RuntimeError, OSError) as exc:
+                raise IndexCorrupt(f"cannot load {path} ({first_line(exc)}); reopen the index, and if this persists, "
+                                   "run `objsearch doctor --repair`") from None
             if self._nprobe:
                 vectors.tune(index, self._nprobe)
             self._searchers[number] = vectors.Searcher(index, excluded=in_range(self.tombstones, segment))

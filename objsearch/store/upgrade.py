@@ -13,11 +13,11 @@ import logging
 from pathlib import Path
 
 from objsearch import schema
-from objsearch.errors import ObjsearchError
+from objsearch.errors import IndexCorrupt, ObjsearchError
 from objsearch.store import parquet
 from objsearch.store.compact import segment_index_type, write_segment
 from objsearch.store.gc import collect_garbage
-from objsearch.store.layout import MANIFEST, FileEntry, WriterLock
+from objsearch.store.layout import MANIFEST, FileEntry, WriterLock, sha256_file
 from objsearch.store.manifest import EmbedderInfo, Manifest, write_manifest
 
 logger = logging.getLogger(__name__)
@@ -45,6 +45,9 @@ def upgrade_format_1(root: Path) -> Manifest:
                             image_shards=[FileEntry(**f) for f in old["image_shards"]],
                             index_type_override=old.get("index_type_override", ""), max_index_memory=old.get("max_index_memory", 0),
                             next_image_id=old["next_image_id"], next_object_id=old["next_object_id"], counts=old["counts"])
+        damaged = [f["path"] for f in old["image_shards"] + old["object_shards"] if not _intact(root, FileEntry(**f))]
+        if damaged:
+            raise IndexCorrupt(f"cannot upgrade {root}: files missing or damaged: {', '.join(damaged[:5])}; re-index into a new directory")
         objects_schema = schema.objects_schema(manifest.embedder.embed_dim)
         total = old["counts"]["objects"]
         for number, shard in enumerate(old["object_shards"]):
@@ -60,3 +63,8 @@ def upgrade_format_1(root: Path) -> Manifest:
         return manifest
     finally:
         lock.release()
+
+
+def _intact(root: Path, entry: FileEntry) -> bool:
+    path = root / entry.path
+    return path.is_file() and path.stat().st_size == entry.size and sha256_file(path) == entry.sha256

@@ -252,11 +252,12 @@ class Searcher:
         self.excluded = np.zeros(0, np.int64) if excluded is None else np.asarray(excluded, np.int64)
         self._not_excluded = None
         if len(self.excluded):
-            inner = _selector(self.excluded)
+            inner = _faiss().IDSelectorBatch(self.excluded)  # tombstones are few; a bitmap would span every id
             self._not_excluded = (_faiss().IDSelectorNot(inner), inner)  # the tuple keeps ``inner`` alive
         if use_gpu is None:
             use_gpu = gpu_search_enabled()
-        self.gpu_index = to_gpus(index) if use_gpu and index.ntotal else None
+        # Searches with tombstones need an ID selector, which GPU indexes lack: those stay on the CPU.
+        self.gpu_index = to_gpus(index) if use_gpu and index.ntotal and self._not_excluded is None else None
 
     @property
     def live_count(self) -> int:

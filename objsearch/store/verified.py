@@ -41,9 +41,9 @@ class VerifiedFiles:
         except (OSError, ValueError):
             pass
 
-    def damaged(self, entries: list[FileEntry]) -> list[str]:
+    def damaged(self, entries: list[FileEntry], *, trust_cache: bool = True) -> list[str]:
         """Paths of ``entries`` that are missing or whose content does not match their sha256;
-        files unchanged since they were last verified are not read."""
+        files unchanged since they were last verified are not read (unless not ``trust_cache``)."""
         bad = []
         for entry in entries:
             path = self.root / entry.path
@@ -55,7 +55,7 @@ class VerifiedFiles:
             if identity[0] != entry.size:
                 bad.append(entry.path)
                 continue
-            if self._entries.get(entry.path) == [*identity, entry.sha256]:
+            if trust_cache and self._entries.get(entry.path) == [*identity, entry.sha256]:
                 continue
             if sha256_file(path) != entry.sha256:
                 bad.append(entry.path)
