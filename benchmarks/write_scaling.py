@@ -4,7 +4,8 @@
 
 ``IndexWriter`` receives synthetic images of 6 objects each (clustered 512-d unit vectors, float16
 as stored, boxes, labels, captions) and commits every 64 images, the CLI's default cadence, with
-automatic compaction on. A few images are deleted and replaced along the way (tombstones). It
+automatic compaction on. At every tenth the writer is closed and opened again (timed) and one
+image is deleted (its objects become tombstones). It
 reports, in one run:
 
 - commit time (compaction included) p50/p99/max in the first and last tenth of the commits;
@@ -131,7 +132,7 @@ def run(objects: int, per_commit: int, dim: int, n_queries: int, work: Path) -> 
                     t0 = time.perf_counter()
                     writer = IndexWriter(root, info)
                     opens_ms.append((time.perf_counter() - t0) * 1e3)
-                    # A changed file: its image and objects are removed (tombstones) and added again.
+                    # A deleted file: its image row goes, its objects become tombstones.
                     known = list(writer.known_images().values())
                     victim = known[int(rng.integers(len(known)))]
                     writer.remove_images([victim.image_id])
