@@ -292,3 +292,20 @@ def test_rows_of_absent_ids_are_left_out(tmp_path):
         ids = idx.vectors.all_ids()
         rows = idx.catalog.rows_for_objects(np.array([ids[0], 10**9, ids[-1]]))
         assert sorted(rows) == [ids[0], ids[-1]] and rows[ids[0]]["path"].startswith("/photos/")
+
+
+def test_exact_segments_are_rebuilt_when_the_index_outgrows_exact_search(tmp_path, monkeypatch):
+    from objsearch.store import vectors
+
+    monkeypatch.setattr(vectors, "EXACT_MAX_OBJECTS", 60)
+    monkeypatch.setattr(compact, "SEGMENT_EXACT_MAX_ROWS", 20)
+    root = tmp_path / "idx"
+    with IndexWriter(root, INFO, auto_compact=False) as writer:
+        add_images(writer, np.random.default_rng(11), 0, 15)  # 45 objects: the index is exact ...
+        writer.commit()
+    assert read_manifest(root).segments[0].index_type == "IDMap2,Flat"
+    with IndexWriter(root, INFO) as writer:
+        add_images(writer, np.random.default_rng(12), 15, 10)  # ... 75 objects: no longer
+        writer.commit()
+    segments = read_manifest(root).segments
+    assert segments[0].index_type.startswith("IVF") and segments[0].rows == 45

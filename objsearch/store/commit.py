@@ -250,7 +250,10 @@ class IndexWriter:
                 segment_run = (0, len(segments)) if whole else None
                 shard_run = (0, len(shards)) if len(shards) > 1 else None
             else:
-                segment_run = compact.run_to_merge(compact.live_rows(segments, self._tombstones), compact.SEGMENT_TIER_BASE_ROWS)
+                rows = compact.live_rows(segments, self._tombstones)
+                segment_run = compact.run_to_merge(rows, compact.SEGMENT_TIER_BASE_ROWS)
+                if segment_run is None and (outgrown := compact.outgrown_exact_segment(self.manifest, rows)) is not None:
+                    segment_run = (outgrown, outgrown + 1)
                 shard_run = compact.run_to_merge([e.size for e in shards], compact.IMAGE_SHARD_TIER_BASE_BYTES)
             if segment_run is None and shard_run is None:
                 return merges

@@ -71,6 +71,17 @@ def run_to_merge(sizes: list[int], base: int, fanout: int = MERGE_FANOUT) -> tup
     return None
 
 
+def outgrown_exact_segment(manifest: Manifest, rows: list[int]) -> int | None:
+    """A segment built exact while the whole index was small (EXACT_MAX_OBJECTS) that the index has
+    since outgrown: rebuilding it alone gives it the inverted file a query should not scan past."""
+    if sum(rows) <= vectors.EXACT_MAX_OBJECTS or manifest.index_type_override:
+        return None
+    for number, (segment, live) in enumerate(zip(manifest.segments, rows)):
+        if segment.index_type == vectors.DEFAULT_INDEX_TYPE and live > SEGMENT_EXACT_MAX_ROWS:
+            return number
+    return None
+
+
 def live_rows(segments: list[Segment], tombstones: np.ndarray) -> list[int]:
     return [s.rows - len(in_range(tombstones, s)) for s in segments]
 
