@@ -27,11 +27,12 @@ def index(folder, root, **options):
 
 def test_choice_follows_size_and_memory_budget():
     assert vectors.choose_index_type(10_000, 512) == "IDMap2,Flat"
-    assert vectors.choose_index_type(1_000_000, 512) == "IVF4096,SQfp16"
-    assert vectors.choose_index_type(1_000_000, 512, max_memory_bytes=700 << 20) == "IVF4096,SQ8"
-    assert vectors.choose_index_type(1_000_000, 512, max_memory_bytes=200 << 20) == "IVF4096,PQ64"
-    assert vectors.choose_index_type(10_000, 512, max_memory_bytes=10 << 20) == "IVF256,SQ8"
-    assert vectors.choose_index_type(100_000_000, 512).startswith("IVF32768,")
+    # about 16 sqrt(n) lists, at least 39 vectors a list, at most IVF_MAX_NLIST; float16 centroids
+    assert vectors.choose_index_type(1_000_000, 512) == "IVF16384(SQfp16),SQfp16"
+    assert vectors.choose_index_type(1_000_000, 512, max_memory_bytes=700 << 20) == "IVF16384(SQfp16),SQ8"
+    assert vectors.choose_index_type(1_000_000, 512, max_memory_bytes=200 << 20) == "IVF16384(SQfp16),PQ64"
+    assert vectors.choose_index_type(10_000, 512, max_memory_bytes=10 << 20) == "IVF256(SQfp16),SQ8"
+    assert vectors.choose_index_type(100_000_000, 512).startswith("IVF16384(SQfp16),")
 
 
 def test_the_index_switches_to_ivf_as_it_grows_and_stays_consistent(tmp_path, monkeypatch):
