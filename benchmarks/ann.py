@@ -154,20 +154,11 @@ def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
 
 
-def ivf_of(index):
-    import faiss
-
-    try:
-        return faiss.extract_index_ivf(index)
-    except RuntimeError:
-        return None
-
-
 def set_nprobe(index, nprobe: int | None) -> int | None:
     """nprobe on the IVF inside ``index`` (None: leave ``vectors.tune``'s default); returns it."""
     import faiss
 
-    ivf = ivf_of(index)
+    ivf = vectors.ivf_of(index)
     if ivf is None:
         return None
     if nprobe:
@@ -385,7 +376,7 @@ def chunked_auto(args, n: int, index_type: str, queries, dead, half) -> dict:
         if start % (10 * CHUNK) == 0 or start == n:
             print(f"  added {start:,}: {time.perf_counter() - t0:.0f} s, peak RSS {peak_rss_bytes() / 2**30:.2f} GiB", flush=True)
     add_s = time.perf_counter() - t0
-    ivf = ivf_of(index)
+    ivf = vectors.ivf_of(index)
     code_bytes = index.ntotal * (ivf.code_size + 8) if ivf is not None else index.ntotal * 4 * dim
     rows = search_rows("objsearch auto", index, index_type, args.nprobes or [None], queries, truth, dead, half, build_s=train_s + add_s,
                        train_s=train_s, add_s=add_s, size_bytes=code_bytes, n=n)

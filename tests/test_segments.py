@@ -309,3 +309,29 @@ def test_exact_segments_are_rebuilt_when_the_index_outgrows_exact_search(tmp_pat
         writer.commit()
     segments = read_manifest(root).segments
     assert segments[0].index_type.startswith("IVF") and segments[0].rows == 45
+
+
+def test_ivf_segments_scan_the_share_one_index_over_all_would(tmp_path, monkeypatch):
+    from objsearch.store import vectors
+
+    # One index over 1M vectors scans 128 of 16384 lists: 1/128 of it. A segment of that index
+    # scans 1/128 of its own lists (64 of 8192), not its own default (128): the same vectors in
+    # all, instead of several times as many over many segments; few-list segments scan 8 at least.
+    assert vectors.scan_share(1_000_000, 512) == 1 / 128
+    assert vectors.share_nprobe(8192, 1 / 128) == 64 and vectors.default_nprobe(8192) == 128
+    assert vectors.share_nprobe(512, 1 / 128) == 8 and vectors.share_nprobe(4, 1 / 128) == 4
+
+    monkeypatch.setattr(vectors, "EXACT_MAX_OBJECTS", 30)
+    monkeypatch.setattr(compact, "SEGMENT_EXACT_MAX_ROWS", 10)
+    monkeypatch.setattr(vectors, "SEGMENT_MIN_NPROBE", 2)
+    monkeypatch.setattr(vectors, "scan_share", lambda n, dim: 0.25)
+    root = tmp_path / "idx"
+    with IndexWriter(root, INFO, auto_compact=False, index_type="IVF16,Flat") as writer:
+        for number in range(3):
+            add_images(writer, np.random.default_rng(number), number * 40, 40)
+            writer.commit()
+    with open_index(root) as idx:
+        idx.search_embedding(unit_vectors(np.random.default_rng(9), 1)[0], 5)
+        assert [vectors.ivf_of(idx.vectors.searcher(n).index).nprobe for n in range(3)] == [4, 4, 4]
+        idx.vectors.tune(7)  # --nprobe: every segment scans that many lists
+        assert [vectors.ivf_of(idx.vectors.searcher(n).index).nprobe for n in range(3)] == [7, 7, 7]

@@ -3,6 +3,9 @@ search returns exactly the top-k among the objects that pass the filter."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import faiss
 import numpy as np
 import pytest
 from typer.testing import CliRunner
@@ -10,6 +13,7 @@ from typer.testing import CliRunner
 from indexer.pipeline import IndexOptions, index_folders
 from objsearch import open_index
 from objsearch.cli import app
+from objsearch.errors import IndexCorrupt
 from objsearch.store import compact, vectors
 from objsearch.store.manifest import read_manifest
 from objsearch.datasets.scenes import make_dataset
@@ -109,7 +113,26 @@ def test_large_index_files_are_memory_mapped(tmp_path, monkeypatch):
     monkeypatch.setattr(vectors, "MMAP_MIN_BYTES", 0)
     with open_index(tmp_path / "idx", model=build_blobs()) as idx:
         hits = idx.search_text("blue", k=5)
+        mapped = Path("/proc/self/maps").read_text()
+        ivf = vectors.ivf_of(idx.vectors.searcher(0).index)
+        # mapped in place (MMAP_IFC: array lists over the mapping), not OnDiskInvertedLists (6x slower)
+        assert str(tmp_path / "idx") in mapped
+        assert type(faiss.downcast_InvertedLists(ivf.invlists)).__name__ == "ArrayInvertedLists"
     assert hits and hits[0].label == "blue box"
+
+
+@pytest.mark.parametrize("damage", ["truncated", "overwritten"])
+def test_a_damaged_memory_mapped_segment_is_reported_not_a_crash(tmp_path, monkeypatch, damage):
+    make_dataset(tmp_path / "imgs", 30)
+    index(tmp_path / "imgs", tmp_path / "idx", index_type="IVF4,SQfp16")
+    monkeypatch.setattr(vectors, "MMAP_MIN_BYTES", 0)
+    path = tmp_path / "idx" / read_manifest(tmp_path / "idx").segments[0].vectors.path
+    data = path.read_bytes()
+    # Overwritten: the same size (so only the loader can tell), every byte after the header 0xff.
+    path.write_bytes(data[: len(data) // 2] if damage == "truncated" else data[:64] + b"\xff" * (len(data) - 64))
+    with pytest.raises(IndexCorrupt, match="doctor"):
+        with open_index(tmp_path / "idx", model=build_blobs()) as idx:
+            idx.search_text("blue", k=5)
 
 
 class _CountingIndex:

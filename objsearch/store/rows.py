@@ -13,7 +13,6 @@ from typing import Sequence
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 
@@ -21,7 +20,8 @@ class ShardIndex:
     """Random access by a key column (int64) to one Parquet file, via row-group min/max statistics."""
 
     def __init__(self, path: Path, key: str) -> None:
-        self.file = pq.ParquetFile(path)
+        # No pre-buffering: a look-up reads a few small column chunks, which coalesced reads only slow.
+        self.file = pq.ParquetFile(path, pre_buffer=False)
         self.key = key
         metadata = self.file.metadata
         column = metadata.schema.to_arrow_schema().get_field_index(key)
@@ -35,10 +35,12 @@ class ShardIndex:
                 lows.append(stats.min)
                 highs.append(stats.max)
         self.lows, self.highs = np.array(lows, np.int64), np.array(highs, np.int64)
+        self.low = int(self.lows.min()) if len(lows) else 0  # the file's key range: most look-ups stop here
+        self.high = int(self.highs.max()) if len(highs) else -1
 
     def rows(self, keys: np.ndarray, columns: Sequence[str]) -> pa.Table | None:
         """The rows whose key is in sorted ``keys`` (``columns`` plus the key), or None when none can be here."""
-        if len(keys) == 0:
+        if len(keys) == 0 or keys[-1] < self.low or keys[0] > self.high:
             return None
         # A group may hold a key when some key lies in [low, high]: the first key >= low is <= high.
         first = np.searchsorted(keys, self.lows)
@@ -47,7 +49,9 @@ class ShardIndex:
             return None
         wanted = list(dict.fromkeys([self.key, *columns]))
         table = self.file.read_row_groups(candidates.tolist(), columns=wanted, use_threads=False)
-        return table.filter(pc.is_in(table.column(self.key), value_set=pa.array(keys, pa.int64())))
+        found = table.column(self.key).to_numpy()
+        at = np.minimum(np.searchsorted(keys, found), len(keys) - 1)
+        return table.filter(pa.array(keys[at] == found))
 
 
 class RowFinder:
@@ -61,13 +65,15 @@ class RowFinder:
         """Rows of ``paths`` whose key is in ``keys`` (any order, duplicates allowed), as ``schema``'s ``columns``."""
         keys = np.unique(np.asarray(keys, dtype=np.int64))
         wanted = list(dict.fromkeys([self.key, *columns]))
+        target = pa.schema([schema.field(c) for c in wanted])
         parts = []
         for path in paths:
             if path not in self._shards:
                 self._shards[path] = ShardIndex(path, self.key)
             found = self._shards[path].rows(keys, columns)
             if found is not None and found.num_rows:
-                parts.append(found.select(wanted).cast(pa.schema([schema.field(c) for c in wanted])))
+                found = found.select(wanted)
+                parts.append(found if found.schema == target else found.cast(target))
         if not parts:
-            return pa.schema([schema.field(c) for c in wanted]).empty_table()
+            return target.empty_table()
         return pa.concat_tables(parts)
