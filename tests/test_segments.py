@@ -133,6 +133,15 @@ def test_run_to_merge_takes_the_newest_run_of_a_tier():
     assert compact.run_to_merge([20, 20, 20, 20, 20, 20, 20, 20, 5], base=4) == (4, 8)
 
 
+def test_small_segments_left_behind_a_larger_one_are_merged():
+    # tiers with base 4: 5 -> 0, 20 -> 1, 200 -> 2; no tier holds 4 neighbours, but 5, 5, 20 sit
+    # before a larger segment, where nothing new will ever join them
+    assert compact.run_to_merge([5, 5, 20, 200, 20], base=4) == (0, 3)
+    assert compact.run_to_merge([200, 5, 5, 20, 200, 20, 5], base=4) == (1, 4)
+    assert compact.run_to_merge([5, 200, 20, 5], base=4) is None  # one segment alone: nothing to merge
+    assert compact.run_to_merge([200, 20, 20, 5, 5], base=4) is None  # the newest end: it still grows
+
+
 def test_no_automatic_merge_takes_more_than_half_the_index():
     assert compact.run_to_merge([20, 20, 20, 20, 5, 5, 5], base=4) is None  # 80 of 95: the disk would double
     assert compact.run_to_merge([20, 20, 20, 20, 20, 20, 20, 20, 20, 5], base=4) == (5, 9)  # 80 of 185

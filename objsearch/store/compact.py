@@ -13,6 +13,8 @@ tier, and so on. Why this rule:
   stay bounded whatever the commit cadence;
 - merging neighbours keeps each segment's object ids in one range that no other segment's
   overlaps, which is what lets a row look-up read only the shards that hold the hits;
+- a run of small segments left behind a larger one (which new segments can never join) is merged
+  as it is (``stranded_run``);
 - a merge never takes more than half of the index (MAX_MERGE_SHARE), so the files it writes
   before the old ones can go keep the disk below 1.5x the live data; the price is that the top
   tier may hold up to 2F - 1 segments instead of F - 1. ``objsearch compact`` merges everything
@@ -68,7 +70,29 @@ def run_to_merge(sizes: list[int], base: int, fanout: int = MERGE_FANOUT) -> tup
                 if sum(sizes[first : first + fanout]) <= limit:
                     return first, first + fanout
         end = start
-    return None
+    return stranded_run(sizes, base, fanout)
+
+
+def stranded_run(sizes: list[int], base: int, fanout: int = MERGE_FANOUT) -> tuple[int, int] | None:
+    """(start, end) of the longest (then oldest) run of at least two neighbours that all sit in a
+    lower tier than the segment right after them (and hold at most MAX_MERGE_SHARE of the total),
+    or None.
+
+    New segments only ever join the newest end, so such a run can never gather ``fanout`` members
+    of one tier: left alone it would stay under every query for the life of the index. Runs
+    like this appear where a merge was held back by MAX_MERGE_SHARE while the index was small, or
+    where deletions shrank segments (at 1M objects, 10 of the 19 segments were such leftovers)."""
+    tiers = [tier(size, base, fanout) for size in sizes]
+    limit = MAX_MERGE_SHARE * sum(sizes)
+    best = None
+    for end in range(1, len(sizes)):
+        start = end
+        while start > 0 and tiers[start - 1] < tiers[end]:
+            start -= 1
+        # the longest such run, so that nested ones ([5, 5] in 5, 5, 20, 200) are not merged twice
+        if end - start >= 2 and sum(sizes[start:end]) <= limit and (best is None or end - start > best[1] - best[0]):
+            best = (start, end)
+    return best
 
 
 def outgrown_exact_segment(manifest: Manifest, rows: list[int]) -> int | None:
