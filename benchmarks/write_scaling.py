@@ -15,9 +15,10 @@ reports, in one run:
   swap (when a commit's or merge's new files and the files it supersedes both exist), against the
   files of the generation committed at that moment;
 - file count (peak and final), segments;
-- query p50 with the row fetch (``Index.search_embedding``, k=10) and recall@10 against exact
-  search, on the state the last commit left and after ``objsearch compact`` (one segment: what a
-  fresh build gives);
+- query p50 with the row fetch (``Index.search_embedding``, k=10), the FAISS part alone, and
+  recall@10 against exact search, on the state the last commit left and after ``objsearch
+  compact`` (one segment: what a fresh build gives); ``--keep-uncompacted DIR`` keeps a copy of
+  the former to inspect;
 
 and writes the raw figures to ``--out``.
 """
@@ -103,12 +104,19 @@ def timed_queries(root: Path, queries: np.ndarray, truth: np.ndarray) -> dict[st
             hits = idx.search_embedding(q, K)
             latencies.append((time.perf_counter() - t0) * 1e3)
             recalls.append(len({h.object_id for h in hits} & set(t.tolist())) / K)
+        vector_ms = []  # the FAISS part alone (every segment searched, top k merged)
+        for q in queries:
+            t0 = time.perf_counter()
+            idx.vectors.search(q[None], K)
+            vector_ms.append((time.perf_counter() - t0) * 1e3)
         segments = len(idx.manifest.segments)
+        image_shards = len(idx.manifest.image_shards)
     return {"p50_ms": statistics.median(latencies), "p99_ms": float(np.percentile(latencies, 99)),
-            "recall@10": float(np.mean(recalls)), "segments": segments, "files": folder_bytes(root)[1]}
+            "vector_search_p50_ms": statistics.median(vector_ms), "recall@10": float(np.mean(recalls)),
+            "segments": segments, "image_shards": image_shards, "files": folder_bytes(root)[1]}
 
 
-def run(objects: int, per_commit: int, dim: int, n_queries: int, work: Path) -> dict:
+def run(objects: int, per_commit: int, dim: int, n_queries: int, work: Path, keep_uncompacted: Path | None = None) -> dict:
     import faiss
 
     root = work / "index"
@@ -168,6 +176,9 @@ def run(objects: int, per_commit: int, dim: int, n_queries: int, work: Path) -> 
 
     before = timed_queries(root, queries, truth)
     final_bytes, final_files = folder_bytes(root)
+    segment_rows = [s.rows for s in read_manifest(root).segments]
+    if keep_uncompacted:
+        shutil.copytree(root, keep_uncompacted)
     live_before = live_bytes(root)
     t0 = time.perf_counter()
     with DiskWatch(root) as compact_watch:
@@ -184,7 +195,7 @@ def run(objects: int, per_commit: int, dim: int, n_queries: int, work: Path) -> 
         "writer_open_ms_each_tenth": opens_ms, "writer_open_ms_end_warm": warm_open_ms, "writer_open_ms_end_cold_cache": cold_open_ms,
         "peak_disk_bytes": watch.peak_bytes, "peak_disk_over_live": watch.peak_ratio, "disk_over_live_after_commits": max_ratio_after,
         "peak_files": watch.peak_files, "final_bytes": final_bytes, "final_files": final_files, "live_bytes": live_before,
-        "segments_at_end": len(manifest.segments), "tombstones_at_end": manifest.tombstone_count,
+        "segments_at_end": len(manifest.segments), "segment_rows_at_end": segment_rows, "tombstones_at_end": manifest.tombstone_count,
         "query_before_compaction": before, "query_after_compaction": after,
         "query_p50_before_over_after": before["p50_ms"] / after["p50_ms"],
         "compact_seconds": compact_s, "compact_peak_disk_over_live": compact_watch.peak_ratio,
@@ -200,11 +211,12 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--out", type=Path, help="write the raw figures here (JSON)")
     parser.add_argument("--work", type=Path, help="folder for the index (default: a temporary one, deleted after)")
+    parser.add_argument("--keep-uncompacted", type=Path, help="copy the index as the last commit left it here, to inspect")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     work = Path(tempfile.mkdtemp(prefix="objsearch-write-", dir=args.work))
     try:
-        result = run(args.objects, args.per_commit, args.dim, args.queries, work)
+        result = run(args.objects, args.per_commit, args.dim, args.queries, work, args.keep_uncompacted)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(json.dumps(result, indent=2))
