@@ -47,7 +47,6 @@ import os
 import resource
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -55,6 +54,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks import provenance
 from objsearch.store import vectors
 
 K = 10
@@ -469,13 +469,6 @@ def parse_bytes(text: str) -> int:
     return int(float(number) * units[text[len(number):]])
 
 
-def git_commit() -> str | None:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, cwd=Path(__file__).parent).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
@@ -497,6 +490,7 @@ def main() -> None:
     parser.add_argument("--synthetic", type=Path, default=Path("runs/synthetic"), help="synthetic set for --real")
     args = parser.parse_args()
     started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    code = provenance.commit()  # at the start: the code that runs, whatever is committed meanwhile
     load_before = os.getloadavg()  # other work on the machine skews the timings: recorded
     if args.real:
         results = {"real": real_benchmark(args)}
@@ -513,7 +507,7 @@ def main() -> None:
             lancedb_version = None
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({
-            "command": ["python", "-m", "benchmarks.ann", *sys.argv[1:]], "commit": git_commit(),
+            "command": ["python", "-m", "benchmarks.ann", *sys.argv[1:]], "commit": code,
             "started": started, "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "machine": {"cpus": os.cpu_count(), "faiss": faiss.__version__, "lancedb": lancedb_version,
                         "loadavg_1_5_15min_before": load_before, "loadavg_1_5_15min_after": os.getloadavg()},

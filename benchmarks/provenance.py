@@ -25,9 +25,11 @@ def utc_now() -> str:
     return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
 
 
-def write_result(path: Path, result: dict[str, Any]) -> None:
-    """``result`` as JSON at ``path``, with the command line, the commit, the date and the CPU count."""
-    record = {"command": "python -m " + " ".join([_module_name()] + sys.argv[1:]), "commit": commit(), "date": utc_now(),
+def write_result(path: Path, result: dict[str, Any], *, code: str | None = None) -> None:
+    """``result`` as JSON at ``path``, with the command line, the commit (``code``: the one taken
+    with ``commit()`` when the run started; commits made while it ran are not its code), the date
+    and the CPU count."""
+    record = {"command": "python -m " + " ".join([_module_name()] + sys.argv[1:]), "commit": code or commit(), "date": utc_now(),
               "cpu_count": os.cpu_count(), **result}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(record, indent=2) + "\n")

@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.ann import clustered_vectors
-from benchmarks.provenance import write_result
+from benchmarks.provenance import commit, write_result
 from objsearch.embedders.base import Detections
 from objsearch.search import open_index
 from objsearch.store import commit as commit_module
@@ -214,6 +214,7 @@ def main() -> None:
     parser.add_argument("--keep-uncompacted", type=Path, help="copy the index as the last commit left it here, to inspect")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    code = commit()
     work = Path(tempfile.mkdtemp(prefix="objsearch-write-", dir=args.work))
     try:
         result = run(args.objects, args.per_commit, args.dim, args.queries, work, args.keep_uncompacted)
@@ -221,7 +222,7 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
     print(json.dumps(result, indent=2))
     if args.out:
-        write_result(args.out, result)
+        write_result(args.out, result, code=code)
 
 
 if __name__ == "__main__":
