@@ -110,7 +110,10 @@ def allowed_truth(truth: np.ndarray, allowed: np.ndarray) -> np.ndarray:
     """The top-K among sorted ``allowed`` ids, from the exact top-TRUTH_K."""
     out = []
     for row in truth:
-        keep = row[np.isin(row, allowed)][:K]
+        # membership by binary search: np.isin sorts all of ``allowed`` again for every row
+        # (5M ids at 10M objects: ~3 s a row, which made the 10M run's filter row take 10 minutes)
+        at = np.minimum(np.searchsorted(allowed, row), len(allowed) - 1)
+        keep = row[allowed[at] == row][:K]
         if len(keep) < K:
             raise SystemExit(f"fewer than {K} allowed ids among the exact top-{TRUTH_K}: raise TRUTH_K")
         out.append(keep)
