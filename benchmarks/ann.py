@@ -55,6 +55,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks import provenance
+from objsearch.cli import parse_byte_size
 from objsearch.store import vectors
 
 K = 10
@@ -179,9 +180,7 @@ def build_timed(ids, data, index_type: str, *, seed: int = 0, refine_k: float = 
     index = vectors.new_index(data.shape[1], index_type)
     t0 = time.perf_counter()
     if not index.is_trained:
-        sample_size = vectors.training_sample_size(index_type, len(data))
-        sample = np.sort(np.random.default_rng(seed).choice(len(data), sample_size, replace=False))
-        vectors.train(index, data[sample])
+        vectors.train_on_sample(index, data, index_type, seed=seed)
     train_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     vectors.add_bulk(index, ids, data)
@@ -464,14 +463,6 @@ def print_table(title: str, rows: list[dict]) -> None:
         print_row(r)
 
 
-def parse_bytes(text: str) -> int:
-    """'12GB' -> 12 * 2**30 (B, KB, MB, GB, TB; powers of 1024, as the CLI's --max-index-memory)."""
-    units = {"": 1, "B": 1, "KB": 1 << 10, "MB": 1 << 20, "GB": 1 << 30, "TB": 1 << 40}
-    text = text.strip().upper()
-    number = text.rstrip("KMGTB")
-    return int(float(number) * units[text[len(number):]])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
@@ -479,7 +470,7 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--clusters", type=int, default=1000)
     parser.add_argument("--noise", type=float, default=0.8)
-    parser.add_argument("--max-memory", type=parse_bytes, default=None, help="memory budget for the automatic choice, e.g. 12GB")
+    parser.add_argument("--max-memory", type=parse_byte_size, default=None, help="memory budget for the automatic choice, e.g. 12GB")
     parser.add_argument("--nprobes", type=int, nargs="*", default=[], help="search the automatic choice at these nprobes (default: tune's)")
     parser.add_argument("--candidates", nargs="*", default=[], metavar="FACTORY[@NPROBE,...]",
                         help="more FAISS index types to build and search, e.g. 'IVF4096,SQfp16@256,1024'")

@@ -40,7 +40,7 @@ TimeLimitOption = Annotated[float, typer.Option("--time-limit", min=0.001, max=8
 _UNITS = {"": 1, "B": 1, "K": 1 << 10, "KB": 1 << 10, "M": 1 << 20, "MB": 1 << 20, "G": 1 << 30, "GB": 1 << 30, "T": 1 << 40, "TB": 1 << 40}
 
 
-def _bytes(text: str | None) -> int | None:
+def parse_byte_size(text: str | None) -> int | None:
     """'4GB' -> 4294967296 (binary units); None stays None."""
     if text is None:
         return None
@@ -142,7 +142,7 @@ def index(
     from indexer.pipeline import IndexOptions, index_folders
 
     options = IndexOptions(exclude=tuple(exclude or ()), batch_size=batch_size, workers=workers, commit_every=commit_every,
-                           max_pixels=max_pixels, progress=progress, index_type=_index_type(index_type), max_index_memory=_bytes(max_index_memory))
+                           max_pixels=max_pixels, progress=progress, index_type=_index_type(index_type), max_index_memory=parse_byte_size(max_index_memory))
     summary = index_folders(folders, index_path, model=model, options=options)
     typer.echo(
         f"indexed {summary.indexed} images ({summary.objects_added} objects) in {summary.seconds:.1f} s "
@@ -280,7 +280,7 @@ def reindex(
     from objsearch.store.manifest import read_manifest
 
     root = resolve_index_path(index_path)
-    with IndexWriter(root, read_manifest(root).embedder, index_type=_index_type(index_type), max_index_memory=_bytes(max_index_memory)) as writer:
+    with IndexWriter(root, read_manifest(root).embedder, index_type=_index_type(index_type), max_index_memory=parse_byte_size(max_index_memory)) as writer:
         writer.rebuild_vectors()
         writer.commit()
         manifest = writer.manifest

@@ -108,12 +108,17 @@ def build(ids: np.ndarray, embeddings: np.ndarray, index_type: str, *, seed: int
     sample of them when the type needs training."""
     index = new_index(embeddings.shape[1], index_type)
     if not index.is_trained:
-        sample_size = training_sample_size(index_type, len(embeddings))
-        sample = np.sort(np.random.default_rng(seed).choice(len(embeddings), sample_size, replace=False))
-        logger.info("training %s on %d of %d vectors", index_type, sample_size, len(embeddings))
-        train(index, embeddings[sample])
+        train_on_sample(index, embeddings, index_type, seed=seed)
     add_bulk(index, ids, embeddings)
     return index
+
+
+def train_on_sample(index, embeddings: np.ndarray, index_type: str, *, seed: int = 0) -> None:
+    """Train ``index`` on a random sample of (N, D) ``embeddings`` (``training_sample_size``)."""
+    sample_size = training_sample_size(index_type, len(embeddings))
+    sample = np.sort(np.random.default_rng(seed).choice(len(embeddings), sample_size, replace=False))
+    logger.info("training %s on %d of %d vectors", index_type, sample_size, len(embeddings))
+    train(index, embeddings[sample])
 
 
 def training_sample_size(index_type: str, n_vectors: int) -> int:
