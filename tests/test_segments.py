@@ -145,6 +145,10 @@ def test_small_segments_left_behind_a_larger_one_are_merged():
 def test_no_automatic_merge_takes_more_than_half_the_index():
     assert compact.run_to_merge([20, 20, 20, 20, 5, 5, 5], base=4) is None  # 80 of 95: the disk would double
     assert compact.run_to_merge([20, 20, 20, 20, 20, 20, 20, 20, 20, 5], base=4) == (5, 9)  # 80 of 185
+    # image shards: the limit is half of the whole index, of which they are a sliver
+    images = [344, 262, 263, 265, 262, 263, 53, 3]
+    assert compact.run_to_merge(images, base=64) is None
+    assert compact.run_to_merge(images, base=64, total=2_000_000) == (2, 6)
 
 
 def test_the_compact_command_reports_what_it_did(tmp_path):

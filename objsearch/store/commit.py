@@ -254,7 +254,9 @@ class IndexWriter:
                 segment_run = compact.run_to_merge(rows, compact.SEGMENT_TIER_BASE_ROWS)
                 if segment_run is None and (outgrown := compact.outgrown_exact_segment(self.manifest, rows)) is not None:
                     segment_run = (outgrown, outgrown + 1)
-                shard_run = compact.run_to_merge([e.size for e in shards], compact.IMAGE_SHARD_TIER_BASE_BYTES)
+                # One merge a round, each its own commit, so the disk holds one merge's new files at a time.
+                shard_run = None if segment_run is not None else compact.run_to_merge(
+                    [e.size for e in shards], compact.IMAGE_SHARD_TIER_BASE_BYTES, total=sum(e.size for e in self.manifest.files()))
             if segment_run is None and shard_run is None:
                 return merges
             manifest, tag = self._next_manifest()

@@ -20,7 +20,9 @@ tier, and so on. Why this rule:
   tier may hold up to 2F - 1 segments instead of F - 1. ``objsearch compact`` merges everything
   at once and so needs up to 2x for its duration.
 
-Image shards follow the same rule by file size. A merge drops tombstoned rows, so deleted objects
+Image shards follow the same rule by file size, with the half-the-index limit taken against the
+whole index: they are a sliver of it (2 MB of 2.1 GB at 1M objects), and against their own total
+the limit held five 260 KB shards apart, so a query's row look-up opened five. A merge drops tombstoned rows, so deleted objects
 leave the disk when their segment is next merged (``objsearch compact`` merges everything now).
 Each merge is one commit: new files first, then the manifest swap; a crash at any point leaves the
 previous generation whole and the next writer deletes the half-written files.
@@ -56,10 +58,12 @@ def tier(size: int, base: int, fanout: int = MERGE_FANOUT) -> int:
     return 0 if size < base * fanout else int(math.log(size / base, fanout) + 1e-9)
 
 
-def run_to_merge(sizes: list[int], base: int, fanout: int = MERGE_FANOUT) -> tuple[int, int] | None:
+def run_to_merge(sizes: list[int], base: int, fanout: int = MERGE_FANOUT, *, total: int | None = None) -> tuple[int, int] | None:
     """(start, end) of the newest run of at least ``fanout`` neighbours in one tier that holds at
-    most MAX_MERGE_SHARE of the total size, or None."""
-    end, limit = len(sizes), MAX_MERGE_SHARE * sum(sizes)
+    most MAX_MERGE_SHARE of ``total`` (default: the sum of ``sizes``), or else a stranded run
+    (``stranded_run``), or None."""
+    total = sum(sizes) if total is None else total
+    end, limit = len(sizes), MAX_MERGE_SHARE * total
     while end > 0:
         start = end - 1
         while start > 0 and tier(sizes[start - 1], base, fanout) == tier(sizes[end - 1], base, fanout):
@@ -70,10 +74,10 @@ def run_to_merge(sizes: list[int], base: int, fanout: int = MERGE_FANOUT) -> tup
                 if sum(sizes[first : first + fanout]) <= limit:
                     return first, first + fanout
         end = start
-    return stranded_run(sizes, base, fanout)
+    return stranded_run(sizes, base, fanout, total=total)
 
 
-def stranded_run(sizes: list[int], base: int, fanout: int = MERGE_FANOUT) -> tuple[int, int] | None:
+def stranded_run(sizes: list[int], base: int, fanout: int = MERGE_FANOUT, *, total: int | None = None) -> tuple[int, int] | None:
     """(start, end) of the longest (then oldest) run of at least two neighbours that all sit in a
     lower tier than the segment right after them (and hold at most MAX_MERGE_SHARE of the total),
     or None.
@@ -83,7 +87,7 @@ def stranded_run(sizes: list[int], base: int, fanout: int = MERGE_FANOUT) -> tup
     like this appear where a merge was held back by MAX_MERGE_SHARE while the index was small, or
     where deletions shrank segments (at 1M objects, 10 of the 19 segments were such leftovers)."""
     tiers = [tier(size, base, fanout) for size in sizes]
-    limit = MAX_MERGE_SHARE * sum(sizes)
+    limit = MAX_MERGE_SHARE * (sum(sizes) if total is None else total)
     best = None
     for end in range(1, len(sizes)):
         start = end
