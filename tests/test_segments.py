@@ -330,14 +330,14 @@ def test_ivf_segments_scan_the_share_one_index_over_all_would(tmp_path, monkeypa
     # One index over 1M vectors scans 128 of 16384 lists: 1/128 of it. A segment of that index
     # scans 1/128 of its own lists (64 of 8192), not its own default (128): the same vectors in
     # all, instead of several times as many over many segments; few-list segments scan 8 at least.
-    assert vectors.scan_share(1_000_000, 512) == 1 / 128
+    assert vectors.scan_share(1_000_000) == 1 / 128
     assert vectors.share_nprobe(8192, 1 / 128) == 64 and vectors.default_nprobe(8192) == 128
     assert vectors.share_nprobe(512, 1 / 128) == 8 and vectors.share_nprobe(4, 1 / 128) == 4
 
     monkeypatch.setattr(vectors, "EXACT_MAX_OBJECTS", 30)
     monkeypatch.setattr(compact, "SEGMENT_EXACT_MAX_ROWS", 10)
     monkeypatch.setattr(vectors, "SEGMENT_MIN_NPROBE", 2)
-    monkeypatch.setattr(vectors, "scan_share", lambda n, dim: 0.25)
+    monkeypatch.setattr(vectors, "scan_share", lambda n: 0.25)
     root = tmp_path / "idx"
     with IndexWriter(root, INFO, auto_compact=False, index_type="IVF16,Flat") as writer:
         for number in range(3):

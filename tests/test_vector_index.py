@@ -37,6 +37,10 @@ def test_choice_follows_size_and_memory_budget():
     assert vectors.choose_index_type(1_000_000, 512, max_memory_bytes=200 << 20) == "IVF16384(SQfp16),PQ64"
     assert vectors.choose_index_type(10_000, 512, max_memory_bytes=10 << 20) == "IVF256(SQfp16),SQ8"
     assert vectors.choose_index_type(100_000_000, 512).startswith("IVF16384(SQfp16),")
+    # a segment of a larger collection gets that collection's list density: its share of the lists
+    assert vectors.ivf_nlist(320_000) == 8192 and vectors.ivf_nlist(320_000, collection_objects=1_000_000) == 4096
+    assert vectors.choose_index_type(320_000, 512, collection_objects=1_000_000) == "IVF4096(SQfp16),SQfp16"
+    assert vectors.ivf_nlist(20_000, collection_objects=1_000_000) == 256  # 78 vectors a list
 
 
 def test_the_index_switches_to_ivf_as_it_grows_and_stays_consistent(tmp_path, monkeypatch):

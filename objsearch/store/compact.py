@@ -119,11 +119,12 @@ def segment_index_type(manifest: Manifest, rows: int, total_rows: int) -> str:
     the --index-type override, or the automatic choice within the segment's share of the memory
     budget: exact while the whole index is small enough for exact search (EXACT_MAX_OBJECTS), and
     beyond that only up to SEGMENT_EXACT_MAX_ROWS (a query scans every exact segment whole);
-    exact while too few vectors to train the type."""
+    exact while too few vectors to train the type. An inverted file gets the whole index's list
+    density (``vectors.ivf_nlist``)."""
     dim = manifest.embedder.embed_dim
     budget = manifest.max_index_memory * rows // max(total_rows, 1) if manifest.max_index_memory else None
     exact_max = vectors.EXACT_MAX_OBJECTS if total_rows <= vectors.EXACT_MAX_OBJECTS else SEGMENT_EXACT_MAX_ROWS
-    target = manifest.index_type_override or vectors.choose_index_type(rows, dim, budget or None, exact_max=exact_max)
+    target = manifest.index_type_override or vectors.choose_index_type(rows, dim, budget or None, exact_max=exact_max, collection_objects=total_rows)
     return target if vectors.trainable(target, rows) else vectors.DEFAULT_INDEX_TYPE
 
 

@@ -18,9 +18,27 @@ from objsearch.store.layout import durable_write
 ROW_GROUP_ROWS = 1024
 
 
+# Compression by column. A search reads a few row groups of the small columns (ids, box, label,
+# caption, path) for every hit, where zstd's per-chunk cost dominated: decoding 10 row groups of
+# the hit columns took 2.8 ms with zstd and 0.9 ms with LZ4 (200k objects; the files grew 3%).
+# The columns that are large and read in bulk (embeddings, masks) keep zstd.
+BULK_COLUMNS = (schema.EMBEDDING, schema.MASK)
+BULK_COMPRESSION, HIT_COMPRESSION = "zstd", "lz4"
+
+
+def compression_of(table_schema: pa.Schema) -> dict[str, str]:
+    """Parquet column path -> codec for a shard of ``table_schema`` (a list column's values are the
+    leaf ``name.list.element``, which is what the writer's per-column options name)."""
+    def leaf(field: pa.Field) -> str:
+        return f"{field.name}.list.element" if pa.types.is_list(field.type) or pa.types.is_fixed_size_list(field.type) else field.name
+    return {leaf(f): BULK_COMPRESSION if f.name in BULK_COLUMNS else HIT_COMPRESSION for f in table_schema}
+
+
 def write_shard(table: pa.Table, path: Path) -> None:
-    """Write ``table`` to ``path`` durably (see ``layout.durable_write``), in row groups of ROW_GROUP_ROWS."""
-    durable_write(path, lambda tmp: pq.write_table(table, tmp, compression="zstd", row_group_size=ROW_GROUP_ROWS))
+    """Write ``table`` to ``path`` durably (see ``layout.durable_write``), in row groups of
+    ROW_GROUP_ROWS, each column compressed as ``compression_of`` says."""
+    codecs = compression_of(table.schema)
+    durable_write(path, lambda tmp: pq.write_table(table, tmp, compression=codecs, row_group_size=ROW_GROUP_ROWS))
 
 
 def read_shards(paths: Sequence[Path], table_schema: pa.Schema, columns: Sequence[str] | None = None) -> pa.Table:

@@ -3,7 +3,7 @@
 Objects shards are sorted by object_id and images shards by image_id, and both are written in
 small row groups (``parquet.ROW_GROUP_ROWS``), so fetching the rows of k search hits reads about k
 row groups of a few columns, whatever the size of the index. Each shard's footer is parsed once per
-reader and kept.
+reader and kept; a small shard is read whole on its first look-up and kept (WHOLE_MAX_ROWS).
 """
 
 from __future__ import annotations
@@ -16,8 +16,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 
+# Shards of at most this many rows are read whole, once, on their first look-up, and kept (the
+# columns asked for: for the hit columns about 75 bytes a row, so 2.4 MB at most). A look-up in a
+# kept shard is a binary search; a reading call costs about 0.1 ms whatever it reads, and the
+# small shards that merging has not yet folded into large ones would otherwise each cost one.
+WHOLE_MAX_ROWS = 32_768
+
+
 class ShardIndex:
-    """Random access by a key column (int64) to one Parquet file, via row-group min/max statistics."""
+    """Random access by a key column (int64) to one Parquet file, via row-group min/max statistics,
+    or for a small file (WHOLE_MAX_ROWS) by keeping it in memory."""
 
     def __init__(self, path: Path, key: str) -> None:
         # No pre-buffering: a look-up reads a few small column chunks, which coalesced reads only slow.
@@ -37,21 +45,38 @@ class ShardIndex:
         self.lows, self.highs = np.array(lows, np.int64), np.array(highs, np.int64)
         self.low = int(self.lows.min()) if len(lows) else 0  # the file's key range: most look-ups stop here
         self.high = int(self.highs.max()) if len(highs) else -1
+        self.whole = metadata.num_rows <= WHOLE_MAX_ROWS
+        self._kept: dict[tuple[str, ...], tuple[np.ndarray, np.ndarray, pa.Table]] = {}
 
     def rows(self, keys: np.ndarray, columns: Sequence[str]) -> pa.Table | None:
         """The rows whose key is in sorted ``keys`` (``columns`` plus the key), or None when none can be here."""
         if len(keys) == 0 or keys[-1] < self.low or keys[0] > self.high:
             return None
+        wanted = tuple(dict.fromkeys([self.key, *columns]))
+        if self.whole:
+            return self._kept_rows(keys, wanted)
         # A group may hold a key when some key lies in [low, high]: the first key >= low is <= high.
         first = np.searchsorted(keys, self.lows)
         candidates = np.nonzero((first < len(keys)) & (keys[np.minimum(first, len(keys) - 1)] <= self.highs))[0]
         if len(candidates) == 0:
             return None
-        wanted = list(dict.fromkeys([self.key, *columns]))
-        table = self.file.read_row_groups(candidates.tolist(), columns=wanted, use_threads=False)
+        table = self.file.read_row_groups(candidates.tolist(), columns=list(wanted), use_threads=False)
         found = table.column(self.key).to_numpy()
         at = np.minimum(np.searchsorted(keys, found), len(keys) - 1)
-        return table.filter(pa.array(keys[at] == found))
+        return table.take(np.nonzero(keys[at] == found)[0])
+
+    def _kept_rows(self, keys: np.ndarray, wanted: tuple[str, ...]) -> pa.Table:
+        if wanted not in self._kept:
+            table = self.file.read(columns=list(wanted), use_threads=False)
+            all_keys = table.column(self.key).to_numpy()
+            order = np.argsort(all_keys, kind="stable")  # shards are written sorted; this only makes sure
+            self._kept[wanted] = (all_keys[order], order, table)
+        sorted_keys, order, table = self._kept[wanted]
+        # every row of a matching key (a key may repeat in a shard), in file order
+        first, last = np.searchsorted(sorted_keys, keys, "left"), np.searchsorted(sorted_keys, keys, "right")
+        counts = last - first
+        positions = np.repeat(first, counts) + np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+        return table.take(np.sort(order[positions]))
 
 
 class RowFinder:

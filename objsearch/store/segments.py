@@ -84,7 +84,7 @@ class SegmentSet:
         small segments scan several times the vectors of the compacted index, for no recall gain."""
         ivf = vectors.ivf_of(index)
         if ivf is not None:
-            ivf.nprobe = vectors.share_nprobe(ivf.nlist, vectors.scan_share(max(self.ntotal, 1), self.dim))
+            ivf.nprobe = vectors.share_nprobe(ivf.nlist, vectors.scan_share(max(self.ntotal, 1)))
 
     def tune(self, nprobe: int) -> None:
         """Scan ``nprobe`` lists in every IVF segment (loaded now or later)."""

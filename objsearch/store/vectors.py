@@ -50,29 +50,47 @@ def _faiss():
     return faiss
 
 
-def choose_index_type(n_objects: int, embed_dim: int, max_memory_bytes: int | None = None, *, exact_max: int | None = None) -> str:
+def choose_index_type(n_objects: int, embed_dim: int, max_memory_bytes: int | None = None, *, exact_max: int | None = None,
+                      collection_objects: int | None = None) -> str:
     """The factory string for ``n_objects`` vectors of ``embed_dim`` within a memory budget (bytes);
-    exact search up to ``exact_max`` vectors (default EXACT_MAX_OBJECTS)."""
+    exact search up to ``exact_max`` vectors (default EXACT_MAX_OBJECTS). ``collection_objects``:
+    the size of the whole collection when these vectors are one segment of it (``ivf_nlist``)."""
     if n_objects <= (EXACT_MAX_OBJECTS if exact_max is None else exact_max) and (not max_memory_bytes or n_objects * estimated_bytes_per_vector(DEFAULT_INDEX_TYPE, embed_dim) <= max_memory_bytes):
         return DEFAULT_INDEX_TYPE
-    candidates = ivf_index_types(n_objects, embed_dim)
+    candidates = ivf_index_types(n_objects, embed_dim, collection_objects=collection_objects)
     for index_type in candidates:
         if not max_memory_bytes or n_objects * estimated_bytes_per_vector(index_type, embed_dim) <= max_memory_bytes:
             return index_type
     return candidates[-1]
 
 
-def ivf_index_types(n_objects: int, embed_dim: int) -> list[str]:
-    """The IVF factory strings for ``n_objects`` vectors, largest codes first: float16, 8-bit, PQ.
+def ivf_nlist(n_objects: int, *, collection_objects: int | None = None) -> int:
+    """Inverted lists for ``n_objects`` vectors: about 16 sqrt(n) (at least 256, at most
+    IVF_MAX_NLIST, a power of two), and at least 39 vectors per list (FAISS' k-means minimum).
 
-    About 16 sqrt(n) lists (at most IVF_MAX_NLIST), and at least 39 vectors per list (FAISS'
-    k-means minimum); the coarse quantizer holds the centroids in float16 (``IVF{n}(SQfp16)``),
-    which halves the memory a query's list ranking reads (16384 lists: 0.8 ms instead of 3-7 ms
-    for a float32 Flat quantizer, with the same ranking of lists to 0.9997).
-    """
-    nlist = 2 ** round(math.log2(max(256, min(IVF_MAX_NLIST, 16 * math.sqrt(max(n_objects, 1))))))
+    A segment of a larger collection (``collection_objects`` vectors in all) gets the collection's
+    list density instead: its share of the lists one index over the whole collection would have.
+    Every segment's coarse quantizer is scanned for every query, so the segments of a collection
+    then rank about as many centroids together as one index would (at 1M objects in three 320k
+    segments, 12k instead of 27k: the 16 sqrt(n) rule gives small indexes more lists per vector)."""
+    whole = max(n_objects, collection_objects or 0, 1)
+    nlist = 2 ** round(math.log2(max(256, min(IVF_MAX_NLIST, 16 * math.sqrt(whole)))))
+    if whole > n_objects:
+        nlist = 2 ** round(math.log2(max(1.0, nlist * n_objects / whole)))
     while nlist > 1 and nlist * 39 > n_objects:
         nlist //= 2
+    return nlist
+
+
+def ivf_index_types(n_objects: int, embed_dim: int, *, collection_objects: int | None = None) -> list[str]:
+    """The IVF factory strings for ``n_objects`` vectors, largest codes first: float16, 8-bit, PQ,
+    with ``ivf_nlist`` lists.
+
+    The coarse quantizer holds the centroids in float16 (``IVF{n}(SQfp16)``), which halves the
+    memory a query's list ranking reads (16384 lists: 0.8 ms instead of 3-7 ms for a float32 Flat
+    quantizer, with the same ranking of lists to 0.9997).
+    """
+    nlist = ivf_nlist(n_objects, collection_objects=collection_objects)
     m = next(m for m in (embed_dim // 8, embed_dim // 4, embed_dim // 2, embed_dim) if m and embed_dim % m == 0)
     ivf = f"IVF{nlist}(SQfp16)"
     return [f"{ivf},SQfp16", f"{ivf},SQ8", f"{ivf},PQ{m}"]
@@ -205,10 +223,10 @@ def default_nprobe(nlist: int) -> int:
     return min(nlist, max(MIN_NPROBE, min(MAX_DEFAULT_NPROBE, nlist // 16)))
 
 
-def scan_share(n_objects: int, embed_dim: int) -> float:
+def scan_share(n_objects: int) -> float:
     """The share of ``n_objects`` vectors one query scans in the inverted file the automatic choice
     builds for them (default nprobe over nlist): 1/128 at 1M, 1/16 at 100k."""
-    nlist = _nlist(ivf_index_types(n_objects, embed_dim)[0])
+    nlist = ivf_nlist(n_objects)
     return default_nprobe(nlist) / nlist
 
 
