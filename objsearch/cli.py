@@ -217,24 +217,9 @@ def query(
 def info(index_path: IndexOption = None, as_json: JsonOption = False) -> None:
     """Counts, model, index type, size on disk and the files that could not be indexed."""
     from objsearch.search import open_index
-    from objsearch.store.manifest import index_size_bytes
 
     with open_index(index_path) as idx:
-        m = idx.manifest
-        size = index_size_bytes(idx.root)
-        report = {
-            "index": str(idx.root.resolve()),
-            "format_version": m.format_version,
-            "generation": m.generation,
-            "model": {"name": m.embedder.name, "version": m.embedder.version, "embed_dim": m.embedder.embed_dim},
-            "index_type": m.index_type,
-            "segments": len(m.segments),
-            "deleted_objects_on_disk": m.tombstone_count,
-            **m.counts,
-            "size_bytes": size,
-            "bytes_per_object": round(size / m.counts["objects"], 1) if m.counts["objects"] else None,
-            "errors": [{"path": p, "error": e} for p, e in idx.errors()],
-        }
+        report = {**idx.info(), "errors": [{"path": p, "error": e} for p, e in idx.errors()]}
     if as_json:
         typer.echo(json.dumps(report, indent=2))
         return
@@ -332,6 +317,49 @@ def doctor(
         raise ObjsearchError(f"{len(report.remaining)} problem(s) in {root}" + ("" if repair else "; run `objsearch doctor --repair`"))
     problems = report.problems
     typer.echo("index is healthy" + (" after repair; run `objsearch index` to re-embed what was dropped" if problems else ""))
+
+
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+@app.command()
+@_friendly_errors
+def serve(
+    index_path: IndexOption = None,
+    host: Annotated[str, typer.Option("--host", help="Address to listen on; anything but this machine needs --token.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=1, max=65535, help="Port to listen on.")] = 8765,
+    token: Annotated[str | None, typer.Option("--token", envvar="OBJSEARCH_TOKEN", help="Require 'Authorization: Bearer TOKEN' on every API route but health.", show_default=False)] = None,
+    model: Annotated[str | None, typer.Option("--model", help="Must be the model that built the index [default: the recorded one].", show_default=False)] = None,
+    cors: Annotated[list[str] | None, typer.Option("--cors", metavar="ORIGIN", help="Allow this origin to call the API from a browser (repeatable).", show_default=False)] = None,
+    time_limit: TimeLimitOption = 30.0,
+) -> None:
+    """Serve the index over HTTP: a JSON API under /api/v1 and a search page at /. It follows new
+    commits of an `objsearch index` running beside it; Ctrl-C stops it."""
+    import socket
+
+    import uvicorn
+
+    from objsearch.serve.app import create_app
+
+    if token is not None and not token.strip():
+        raise BadQuery("--token must not be empty")
+    if host not in LOCAL_HOSTS and token is None:
+        typer.echo(f"warning: serving on {host} without --token: anyone who can reach this machine can search the index and see its photos", err=True)
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
+    except OSError as exc:
+        raise BadQuery(f"cannot listen on {host}:{port} ({exc.strerror or exc}); choose another --port or --host") from None
+    application = create_app(index_path, model=model, token=token, time_limit_s=time_limit, cors_origins=cors or None)
+    shown = f"[{host}]" if ":" in host else host
+    typer.echo(f"objsearch: serving {application.state.live.root} at http://{shown}:{port}/ (Ctrl-C stops)", err=True)
+    try:
+        uvicorn.run(application, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)
+    except KeyboardInterrupt:  # uvicorn shuts down on Ctrl-C, then raises the signal again
+        pass
+    typer.echo("objsearch: stopped", err=True)
 
 
 @app.command()

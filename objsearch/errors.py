@@ -40,6 +40,10 @@ class BadQuery(ObjsearchError):
     """A query, filter predicate or SQL statement is invalid."""
 
 
+class NotFound(BadQuery):
+    """An object or image id that this index does not hold."""
+
+
 class FormatVersionError(ObjsearchError):
     """The index was written by an incompatible format version."""
 

@@ -12,6 +12,8 @@ class Hit:
     ``box_xyxy`` is in absolute pixels of the original image (after EXIF orientation).
     ``similarity`` is the inner product of the query and object embeddings (cosine, in [-1, 1]);
     ``det_score`` is the detector's confidence for the object, in [0, 1].
+    ``image_width``/``image_height``: the image's size in pixels (after EXIF orientation), the
+    frame ``box_xyxy`` is in; None where the index does not know it.
     """
 
     rank: int
@@ -23,6 +25,8 @@ class Hit:
     det_score: float
     label: str
     caption: str | None
+    image_width: int | None = None
+    image_height: int | None = None
 
     def to_dict(self) -> dict:
         row = asdict(self)

@@ -16,6 +16,7 @@ afterwards. That save/restore is not thread-safe; workers are processes.
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import os
 import stat
@@ -100,6 +101,23 @@ def decode_image(
             raise BadImage(name, "empty file (0 bytes)")
         with _strict_pillow():
             pixels, width, height = _decode_open_file(fp, name, max_pixels, max_side)
+    return DecodedImage(path=name, pixels=pixels, width=width, height=height)
+
+
+def decode_image_bytes(
+    data: bytes,
+    name: str = "upload",
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_side: int = DEFAULT_MAX_SIDE,
+) -> DecodedImage:
+    """``decode_image`` for an image held in memory (an upload); ``name`` only labels errors."""
+    if max_side < 1 or max_pixels < 1:
+        raise ValueError(f"max_side and max_pixels must be >= 1, got {max_side}, {max_pixels}")
+    if not data:
+        raise BadImage(name, "empty file (0 bytes)")
+    with _strict_pillow():
+        pixels, width, height = _decode_open_file(io.BytesIO(data), name, max_pixels, max_side)
     return DecodedImage(path=name, pixels=pixels, width=width, height=height)
 
 

@@ -11,18 +11,21 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
 from objsearch.embedders.base import ObjectEmbedder, load_embedder
-from objsearch.errors import BadQuery, IndexCorrupt
+from objsearch.errors import BadQuery, IndexCorrupt, NotFound
 from objsearch.hits import Hit
 from objsearch.store.catalog import DEFAULT_TIME_LIMIT_S, Catalog
 from objsearch.store.gc import ReaderLease, leased_manifest
 from objsearch.store.layout import resolve_index_path
 from objsearch.store.manifest import EmbedderInfo, Manifest, check_embedder, missing_or_resized
 from objsearch.store.segments import SegmentSet
+
+if TYPE_CHECKING:
+    from objsearch.image_decode import DecodedImage
 
 logger = logging.getLogger(__name__)
 
@@ -74,15 +77,21 @@ class Index:
         """Objects most similar to an indexed object (the object itself is left out)."""
         embedding = self.vectors.reconstruct(int(object_id))
         if embedding is None:
-            raise BadQuery(f"no object with id {object_id} in this index")
+            raise NotFound(f"no object with id {object_id} in this index")
         return self.search_embedding(embedding, k, exclude=(int(object_id),), **options)
 
     def search_region(self, image_path: str | os.PathLike, box_xyxy: Sequence[float] | None = None, k: int = 10, **options) -> list[Hit]:
         """Objects most similar to a region (pixels, xyxy) of an image file; no box = the whole image."""
         from objsearch.image_decode import decode_image
 
-        decoded = decode_image(image_path)
+        return self.search_pixels(decode_image(image_path), box_xyxy, k, **options)
+
+    def search_pixels(self, decoded: DecodedImage, box_xyxy: Sequence[float] | None = None, k: int = 10, **options) -> list[Hit]:
+        """Objects most similar to a region (pixels of the original image, xyxy) of a decoded image
+        (``objsearch.image_decode``); no box = the whole image."""
         box = np.asarray(box_xyxy if box_xyxy is not None else (0, 0, decoded.width, decoded.height), dtype=np.float32)
+        if box.shape != (4,) or not np.all(np.isfinite(box)):
+            raise BadQuery("a box is four finite numbers: x1, y1, x2, y2 (pixels)")
         x1, y1, x2, y2 = box
         if not (0 <= x1 < x2 <= decoded.width and 0 <= y1 < y2 <= decoded.height):
             raise BadQuery(f"box {box.tolist()} is not inside the {decoded.width}x{decoded.height} image with x1 < x2 and y1 < y2")
@@ -156,6 +165,8 @@ class Index:
                     det_score=float(row["score"]),
                     label=row["label"],
                     caption=row["caption"],
+                    image_width=row["width"],
+                    image_height=row["height"],
                 )
             )
             if len(hits) == k:
@@ -163,6 +174,40 @@ class Index:
         return hits
 
     # -- metadata ----------------------------------------------------------------------------------
+    def object(self, object_id: int) -> dict:
+        """One live object's hit columns and its image's path and size; NotFound when not held."""
+        row = self.catalog.rows_for_objects(np.array([int(object_id)], np.int64)).get(int(object_id))
+        if row is None:
+            raise NotFound(f"no object with id {object_id} in this index")
+        return row
+
+    def image(self, image_id: int) -> dict:
+        """One image's row with its live objects under ``objects`` (each without its embedding);
+        NotFound when not held."""
+        row = self.catalog.image_row(image_id)
+        if row is None:
+            raise NotFound(f"no image with id {image_id} in this index")
+        return {**row, "objects": self.catalog.objects_of_image(image_id)}
+
+    def info(self) -> dict:
+        """Counts, model, index type and size on disk (what ``objsearch info`` shows)."""
+        from objsearch.store.manifest import index_size_bytes
+
+        m = self.manifest
+        size = index_size_bytes(self.root)
+        return {
+            "index": str(self.root.resolve()),
+            "format_version": m.format_version,
+            "generation": m.generation,
+            "model": {"name": m.embedder.name, "version": m.embedder.version, "embed_dim": m.embedder.embed_dim},
+            "index_type": m.index_type,
+            "segments": len(m.segments),
+            "deleted_objects_on_disk": m.tombstone_count,
+            **m.counts,
+            "size_bytes": size,
+            "bytes_per_object": round(size / m.counts["objects"], 1) if m.counts["objects"] else None,
+        }
+
     def sql(self, statement: str) -> tuple[list[str], list[tuple]]:
         """One read-only SQL statement over the ``images``, ``objects`` and ``objects_images`` views."""
         return self.catalog.sql(statement)

@@ -38,6 +38,7 @@ MAX_PREDICATE_CHARS = 10_000  # a longer --where is refused before it is parsed
 T = TypeVar("T")
 
 HIT_COLUMNS = (schema.OBJECT_ID, schema.IMAGE_ID, schema.PATH, *schema.BOX_COLUMNS, schema.SCORE, schema.LABEL, schema.CAPTION)
+IMAGE_HIT_COLUMNS = (schema.PATH, schema.WIDTH, schema.HEIGHT)  # what a hit takes from its image's row
 
 
 def _parquet_list(paths: list[Path]) -> str:
@@ -155,8 +156,9 @@ class Catalog:
             timer.join()
 
     def rows_for_objects(self, object_ids: np.ndarray, deadline: float | None = None) -> dict[int, dict]:
-        """object_id -> the HIT_COLUMNS of that object (ids not in the index are left out). Only the
-        row groups that hold the ids are read (``rows``), of the segments whose id range holds them.
+        """object_id -> the HIT_COLUMNS of that object and the IMAGE_HIT_COLUMNS of its image (ids not
+        in the index are left out). Only the row groups that hold the ids are read (``rows``), of
+        the segments whose id range holds them.
         ``deadline``: see ``deadline()``; by default this call gets the whole time limit."""
         if len(object_ids) == 0:
             return {}
@@ -169,17 +171,40 @@ class Catalog:
         try:
             objects = self._object_rows.rows(files, wanted, object_columns, self._objects_schema).to_pydict()
             image_files = [self.root / e.path for e in self.manifest.image_shards]
-            images = self._image_rows.rows(image_files, np.array(objects[schema.IMAGE_ID], np.int64), [schema.PATH], schema.IMAGES_SCHEMA)
+            images = self._image_rows.rows(image_files, np.array(objects[schema.IMAGE_ID], np.int64), IMAGE_HIT_COLUMNS, schema.IMAGES_SCHEMA)
         except (OSError, pa.ArrowException) as exc:  # a shard removed under a reader that holds no lease
             raise IndexCorrupt(f"cannot read the index's shards ({first_line(exc)}); reopen the index") from None
         self.check_deadline(deadline)
-        paths = dict(zip(images.column(schema.IMAGE_ID).to_pylist(), images.column(schema.PATH).to_pylist()))
+        image_rows = images.to_pydict()
+        of_image = {image_id: dict(zip(IMAGE_HIT_COLUMNS, values)) for image_id, *values
+                    in zip(image_rows[schema.IMAGE_ID], *(image_rows[c] for c in IMAGE_HIT_COLUMNS))}
         rows = {}
         for values in zip(*(objects[c] for c in object_columns)):
             row = dict(zip(object_columns, values))
-            if row[schema.IMAGE_ID] in paths:
-                rows[row[schema.OBJECT_ID]] = {**row, schema.PATH: paths[row[schema.IMAGE_ID]]}
+            if row[schema.IMAGE_ID] in of_image:
+                rows[row[schema.OBJECT_ID]] = {**row, **of_image[row[schema.IMAGE_ID]]}
         return rows
+
+    def image_row(self, image_id: int) -> dict | None:
+        """The images row of ``image_id`` (every column), or None."""
+        names, rows = self._query("SELECT * FROM images WHERE image_id = $id", {"id": int(image_id)})
+        return dict(zip(names, rows[0])) if rows else None
+
+    def objects_of_image(self, image_id: int) -> list[dict]:
+        """The live objects of one image (every column but the embedding), by object id."""
+        names, rows = self._query("SELECT * FROM objects_meta WHERE image_id = $id ORDER BY object_id", {"id": int(image_id)})
+        return [dict(zip(names, row)) for row in rows]
+
+    def label_counts(self) -> list[tuple[str, int]]:
+        """(label, live objects) for every label, most frequent first."""
+        return self._query("SELECT label, count(*) AS n FROM objects_meta GROUP BY label ORDER BY n DESC, label")[1]
+
+    def _query(self, statement: str, parameters: dict | None = None) -> tuple[list[str], list[tuple]]:
+        """One of the catalog's own statements (with ``parameters``), within the time limit."""
+        try:
+            return self._timed(lambda: _fetch(self.con.execute(statement, parameters or {})))
+        except (duckdb.IOException, duckdb.PermissionException) as exc:  # a shard is gone
+            raise IndexCorrupt(f"cannot read the index's shards ({first_line(exc)}); reopen the index") from None
 
     def sql(self, statement: str) -> tuple[list[str], list[tuple]]:
         """Run one read-only SELECT-like statement -> (column names, rows)."""

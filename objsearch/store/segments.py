@@ -108,8 +108,6 @@ class SegmentSet:
                 all_ids.append(ids)
         if not all_scores:
             return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
-        if len(all_scores) == 1:
-            return all_scores[0], all_ids[0]
         return merge_top_k(np.concatenate(all_scores, axis=1), np.concatenate(all_ids, axis=1), k)
 
     def reconstruct(self, object_id: int) -> np.ndarray | None:
@@ -133,10 +131,12 @@ class SegmentSet:
 
 
 def merge_top_k(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """The best k of (Q, M) candidate scores and ids (id -1 = empty) -> (Q, min(k, M)), best first."""
+    """The best k of (Q, M) candidate scores and ids (id -1 = empty) -> (Q, min(k, M)), best first;
+    equal scores in id order, so that a ranking (and the pages cut from it) does not depend on the
+    order FAISS met them in."""
     scores = np.where(ids >= 0, scores, -np.inf)
     k = min(k, scores.shape[1])
-    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    order = np.lexsort((ids, -scores), axis=1)[:, :k]
     top_ids = np.take_along_axis(ids, order, axis=1)
     top_scores = np.take_along_axis(scores, order, axis=1)
     top_ids[~np.isfinite(top_scores)] = -1
