@@ -52,15 +52,17 @@ def bundled_info():
 
 
 def add_images(writer, rng, first_image: int, images: int, dim: int) -> None:
+    """Stage ``images`` synthetic images of OBJECTS_PER_IMAGE objects (clustered vectors)."""
     from objsearch.embedders.base import Detections
     from objsearch.store.commit import ImageRecord
 
-    for image in range(first_image, first_image + images):
-        vectors = clustered_vectors(OBJECTS_PER_IMAGE, dim, 1000, 0.8, seed=int(rng.integers(1 << 30)))
-        boxes = np.tile([10, 10, 200, 150], (OBJECTS_PER_IMAGE, 1)).astype(np.float32)
-        labels = [LABELS[i] for i in rng.integers(len(LABELS), size=OBJECTS_PER_IMAGE)]
+    vectors = clustered_vectors(images * OBJECTS_PER_IMAGE, dim, 1000, 0.8, seed=int(rng.integers(1 << 30)))
+    labels = [LABELS[i] for i in rng.integers(len(LABELS), size=images * OBJECTS_PER_IMAGE)]
+    boxes = np.tile([10, 10, 200, 150], (OBJECTS_PER_IMAGE, 1)).astype(np.float32)
+    for number, image in enumerate(range(first_image, first_image + images)):
+        part = slice(number * OBJECTS_PER_IMAGE, (number + 1) * OBJECTS_PER_IMAGE)
         writer.add_image(ImageRecord(f"/synthetic/{image:08d}.jpg", 1, 1, "0", 640, 480),
-                         Detections(boxes, np.ones(OBJECTS_PER_IMAGE), labels, vectors))
+                         Detections(boxes, np.ones(OBJECTS_PER_IMAGE), labels[part], vectors[part]))
 
 
 def build(root: Path, objects: int, info) -> float:

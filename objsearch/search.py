@@ -42,13 +42,14 @@ class Index:
     """
 
     def __init__(self, root: Path, manifest: Manifest, embedder: ObjectEmbedder | str | None = None,
-                 time_limit_s: float | None = DEFAULT_TIME_LIMIT_S, lease: ReaderLease | None = None) -> None:
+                 time_limit_s: float | None = DEFAULT_TIME_LIMIT_S, lease: ReaderLease | None = None,
+                 previous: "Index | None" = None) -> None:
         self.root = root
         self.manifest = manifest
         self.time_limit_s = time_limit_s
         self._lease = lease
-        self.catalog = Catalog(root, manifest, time_limit_s)
-        self.vectors = SegmentSet(root, manifest)
+        self.catalog = Catalog(root, manifest, time_limit_s, previous=previous.catalog if previous else None)
+        self.vectors = SegmentSet(root, manifest, previous=previous.vectors if previous else None)
         self._embedder: ObjectEmbedder | None = None
         if isinstance(embedder, str):
             embedder = load_embedder(embedder)
@@ -239,18 +240,20 @@ def _check_text(query: str) -> str:
 
 
 def open_index(path: str | os.PathLike | None = None, *, model: ObjectEmbedder | str | None = None, retries: int = 3,
-               time_limit_s: float | None = DEFAULT_TIME_LIMIT_S) -> Index:
+               time_limit_s: float | None = DEFAULT_TIME_LIMIT_S, previous: Index | None = None) -> Index:
     """Open the committed state of the index at ``path`` (default: $OBJSEARCH_INDEX or ./.objsearch).
 
     ``model`` (an embedder or a --model string) must be the one that built the index; by default
     the recorded one is loaded when a query first needs it. ``time_limit_s``: see ``Index``.
+    ``previous``: an open, older generation of the same index (a server following commits): what
+    it already loaded and this generation keeps (segments, opened shards) is taken over.
     """
     root = resolve_index_path(path)
     for attempt in range(retries):
         manifest, lease = leased_manifest(root)
         damaged = missing_or_resized(root, manifest)
         if not damaged:
-            return Index(root, manifest, model, time_limit_s, lease)
+            return Index(root, manifest, model, time_limit_s, lease, previous=previous)
         if lease is not None:
             lease.release()
         # Perhaps a writer replaced the manifest while we read it: look again before giving up.

@@ -348,3 +348,39 @@ def test_ivf_segments_scan_the_share_one_index_over_all_would(tmp_path, monkeypa
         assert [vectors.ivf_of(idx.vectors.searcher(n).index).nprobe for n in range(3)] == [4, 4, 4]
         idx.vectors.tune(7)  # --nprobe: every segment scans that many lists
         assert [vectors.ivf_of(idx.vectors.searcher(n).index).nprobe for n in range(3)] == [7, 7, 7]
+
+
+def test_a_newer_generation_takes_over_what_the_older_one_loaded(tmp_path):
+    """A server following commits reopens the index each commit: the segments and shards both
+    generations hold are not loaded again, and results are those of a fresh open."""
+    root = tmp_path / "idx"
+    rng = np.random.default_rng(21)
+    with IndexWriter(root, INFO, auto_compact=False) as writer:
+        first = add_images(writer, rng, 0, 6)
+        writer.commit()
+        add_images(writer, rng, 6, 6)
+        writer.commit()
+    query = unit_vectors(rng, 1)[0]
+    old = open_index(root)
+    old.search_embedding(query, 5)  # loads both segments and opens their shards
+    with IndexWriter(root, INFO, auto_compact=False) as writer:
+        add_images(writer, rng, 12, 6)
+        writer.remove_images([sorted(first)[0]])  # a tombstone in the first segment
+        writer.commit()
+    new = open_index(root, previous=old)
+    fresh = open_index(root)
+    try:
+        got = [(h.object_id, round(h.similarity, 5)) for h in new.search_embedding(query, 12)]
+        assert got == [(h.object_id, round(h.similarity, 5)) for h in fresh.search_embedding(query, 12)]
+        assert len(new.manifest.segments) == 3
+        # the second segment's searcher as it was; the first's index, with its new tombstone
+        assert new.vectors.searcher(1) is old.vectors.searcher(1)
+        assert new.vectors.searcher(0) is not old.vectors.searcher(0)
+        assert new.vectors.searcher(0).index is old.vectors.searcher(0).index
+        assert len(new.vectors.searcher(0).excluded) == 3 and len(old.vectors.searcher(0).excluded) == 0
+        assert new.vectors.searcher(2) is not fresh.vectors.searcher(2)
+        kept = set(new.catalog._object_rows._shards)
+        assert kept <= {root / s.objects.path for s in new.manifest.segments} and len(kept) >= 2
+    finally:
+        for index in (old, new, fresh):
+            index.close()

@@ -3,8 +3,10 @@
 A server keeps one ``Index`` open (its embedder warm) and, before each request, looks at the
 manifest's identity (inode, size, mtime: a commit replaces the file by a rename, so a new
 generation always changes it). When it changed, the next request opens the new generation (outside
-the work lock, so searches on the old one go on meanwhile), swaps it in and closes the old one,
-whose reader lease then lets the writer delete what only it still used.
+the work lock, so searches on the old one go on meanwhile), taking over the segments and shards the
+old one had loaded and the new one keeps (``open_index(previous=)``: following a commit costs what
+it changed), swaps it in and closes the old one, whose reader lease then lets the writer delete
+what only it still used.
 
 Work on the index is serialized by one lock: DuckDB connections and Pillow's decoding switches are
 not thread-safe, and on a machine of a few cores one search at a time, each using every core
@@ -106,7 +108,7 @@ class LiveIndex:
 
     def _open(self) -> Index:
         try:
-            return open_index(self.root, model=self._embedder, time_limit_s=self.time_limit_s)
+            return open_index(self.root, model=self._embedder, time_limit_s=self.time_limit_s, previous=self._index)
         except ModelMismatch:
             if self._embedder is None:
                 raise

@@ -48,16 +48,22 @@ def _parquet_list(paths: list[Path]) -> str:
 class Catalog:
     """The DuckDB views of one manifest. ``time_limit_s``: the longest any one statement may run (None = no limit)."""
 
-    def __init__(self, root: Path, manifest: Manifest, time_limit_s: float | None = DEFAULT_TIME_LIMIT_S) -> None:
+    def __init__(self, root: Path, manifest: Manifest, time_limit_s: float | None = DEFAULT_TIME_LIMIT_S,
+                 previous: "Catalog | None" = None) -> None:
+        """``previous``: the catalog of an older generation of the same index, whose opened shards
+        this one takes over where it still names them."""
         if time_limit_s is not None and not time_limit_s > 0:
             raise BadQuery(f"the time limit must be a positive number of seconds, got {time_limit_s}")
         self.time_limit_s = time_limit_s if time_limit_s is not None and math.isfinite(time_limit_s) else None
         self.con = duckdb.connect(":memory:")
         self.root, self.manifest = root, manifest
         self._objects_schema = schema.objects_schema(manifest.embedder.embed_dim)
-        self._object_rows, self._image_rows = RowFinder(schema.OBJECT_ID), RowFinder(schema.IMAGE_ID)
         image_files = [root / e.path for e in manifest.image_shards]
         object_files = [root / e.path for e in manifest.object_shards]
+        if previous is not None and previous.root == root:
+            self._object_rows, self._image_rows = previous._object_rows.kept_for(object_files), previous._image_rows.kept_for(image_files)
+        else:
+            self._object_rows, self._image_rows = RowFinder(schema.OBJECT_ID), RowFinder(schema.IMAGE_ID)
         tombstone_files = [root / manifest.tombstones.path] if manifest.tombstones else []
         self._create_view("images", image_files, _empty_select(schema.IMAGES_SCHEMA))
         live = f" WHERE object_id NOT IN (SELECT object_id FROM read_parquet({_parquet_list(tombstone_files)}))" if tombstone_files else ""

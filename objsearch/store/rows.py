@@ -86,6 +86,14 @@ class RowFinder:
         self.key = key
         self._shards: dict[Path, ShardIndex] = {}
 
+    def kept_for(self, paths: Sequence[Path]) -> "RowFinder":
+        """A finder for a newer generation: the opened shards it still names are taken over
+        (shard files never change), the others dropped, so their files can leave the disk."""
+        finder = RowFinder(self.key)
+        wanted = set(paths)
+        finder._shards = {path: shard for path, shard in dict(self._shards).items() if path in wanted}
+        return finder
+
     def rows(self, paths: Sequence[Path], keys: np.ndarray, columns: Sequence[str], schema: pa.Schema) -> pa.Table:
         """Rows of ``paths`` whose key is in ``keys`` (any order, duplicates allowed), as ``schema``'s ``columns``."""
         keys = np.unique(np.asarray(keys, dtype=np.int64))

@@ -39,13 +39,20 @@ def in_range(sorted_ids: np.ndarray, segment: Segment) -> np.ndarray:
 class SegmentSet:
     """Searches the segments of one manifest as one index. ``tune`` applies to every segment."""
 
-    def __init__(self, root: Path, manifest: Manifest) -> None:
+    def __init__(self, root: Path, manifest: Manifest, previous: "SegmentSet | None" = None) -> None:
+        """``previous``: the set of an older generation of the same index, whose loaded segments
+        are taken over where this generation keeps them (segment files never change), so following
+        a commit costs what the commit changed, not a reload of every segment."""
         self.root = root
         self.manifest = manifest
         self.dim = manifest.embedder.embed_dim
         self._tombstones: np.ndarray | None = None
         self._searchers: dict[int, vectors.Searcher] = {}
         self._nprobe: int | None = None
+        self._loaded: dict[str, vectors.Searcher] = {}  # the previous generation's, by vectors file
+        if previous is not None and previous._nprobe is None and previous.root == root:
+            loaded = dict(previous._searchers)  # a copy first: the older generation may be loading more
+            self._loaded = {s.vectors.path: loaded[n] for n, s in enumerate(previous.manifest.segments) if n in loaded}
 
     @property
     def tombstones(self) -> np.ndarray:
@@ -65,26 +72,49 @@ class SegmentSet:
         """The searcher of segment ``number`` (loaded on first use)."""
         if number not in self._searchers:
             segment = self.manifest.segments[number]
-            path = self.root / segment.vectors.path
-            try:
-                index = vectors.load(path)
-            except (RuntimeError, OSError) as exc:
-                raise IndexCorrupt(f"cannot load {path} ({first_line(exc)}); reopen the index, and if this persists, "
-                                   "run `objsearch doctor --repair`") from None
-            if self._nprobe:
-                vectors.tune(index, self._nprobe)
-            elif len(self.manifest.segments) > 1:
-                self._tune_as_whole(index)
-            self._searchers[number] = vectors.Searcher(index, excluded=in_range(self.tombstones, segment))
+            old = self._taken_over(segment)
+            index = old.index if old is not None else self._load(segment)
+            excluded = in_range(self.tombstones, segment)
+            keep = old is not None and np.array_equal(old.excluded, excluded)
+            self._searchers[number] = old if keep else vectors.Searcher(index, excluded=excluded)
         return self._searchers[number]
 
-    def _tune_as_whole(self, index) -> None:
-        """Scan the share of an IVF segment that one index over all the live vectors would scan:
-        each segment's own default (1/16 of its lists, at least 32) would make a query over many
-        small segments scan several times the vectors of the compacted index, for no recall gain."""
-        ivf = vectors.ivf_of(index)
-        if ivf is not None:
-            ivf.nprobe = vectors.share_nprobe(ivf.nlist, vectors.scan_share(max(self.ntotal, 1)))
+    def _load(self, segment: Segment):
+        path = self.root / segment.vectors.path
+        try:
+            index = vectors.load(path)
+        except (RuntimeError, OSError) as exc:
+            raise IndexCorrupt(f"cannot load {path} ({first_line(exc)}); reopen the index, and if this persists, "
+                               "run `objsearch doctor --repair`") from None
+        if self._nprobe:
+            vectors.tune(index, self._nprobe)
+        else:
+            ivf = vectors.ivf_of(index)
+            wanted = self._whole_nprobe(ivf)
+            if ivf is not None and wanted is not None:
+                ivf.nprobe = wanted
+        return index
+
+    def _taken_over(self, segment: Segment) -> vectors.Searcher | None:
+        """The previous generation's searcher of this segment file when it scans as this generation
+        would (same nprobe; its tombstones may differ), else None."""
+        old = self._loaded.get(segment.vectors.path)
+        if old is None or self._nprobe:
+            return None
+        ivf = vectors.ivf_of(old.index)
+        wanted = self._whole_nprobe(ivf)
+        if ivf is not None and ivf.nprobe != (wanted if wanted is not None else vectors.default_nprobe(ivf.nlist)):
+            return None  # the share moved (the index grew past a size step): load it afresh
+        return old
+
+    def _whole_nprobe(self, ivf) -> int | None:
+        """For an IVF segment of a multi-segment index: scan the share of it that one index over
+        all the live vectors would scan (each segment's own default, 1/16 of its lists, at least
+        32, would make a query over many small segments scan several times the vectors of the
+        compacted index, for no recall gain). None: the index's own default applies."""
+        if ivf is None or len(self.manifest.segments) <= 1:
+            return None
+        return vectors.share_nprobe(ivf.nlist, vectors.scan_share(max(self.ntotal, 1)))
 
     def tune(self, nprobe: int) -> None:
         """Scan ``nprobe`` lists in every IVF segment (loaded now or later)."""
