@@ -47,15 +47,17 @@ class Index:
         self.root = root
         self.manifest = manifest
         self.time_limit_s = time_limit_s
-        self._lease = lease
-        self.catalog = Catalog(root, manifest, time_limit_s, previous=previous.catalog if previous else None)
-        self.vectors = SegmentSet(root, manifest, previous=previous.vectors if previous else None)
         self._embedder: ObjectEmbedder | None = None
         if isinstance(embedder, str):
             embedder = load_embedder(embedder)
+        if embedder is None and previous is not None and previous.manifest.embedder == manifest.embedder:
+            embedder = previous._embedder  # already loaded (or None: loaded when first needed)
         if embedder is not None:
             check_embedder(manifest, EmbedderInfo.of(embedder))
             self._embedder = embedder
+        self._lease = lease
+        self.catalog = Catalog(root, manifest, time_limit_s, previous=previous.catalog if previous else None)
+        self.vectors = SegmentSet(root, manifest, previous=previous.vectors if previous else None)
 
     # -- lazily loaded parts -----------------------------------------------------------------------
     @property
@@ -253,7 +255,12 @@ def open_index(path: str | os.PathLike | None = None, *, model: ObjectEmbedder |
         manifest, lease = leased_manifest(root)
         damaged = missing_or_resized(root, manifest)
         if not damaged:
-            return Index(root, manifest, model, time_limit_s, lease, previous=previous)
+            try:
+                return Index(root, manifest, model, time_limit_s, lease, previous=previous)
+            except BaseException:
+                if lease is not None:
+                    lease.release()
+                raise
         if lease is not None:
             lease.release()
         # Perhaps a writer replaced the manifest while we read it: look again before giving up.

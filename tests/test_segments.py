@@ -379,6 +379,10 @@ def test_a_newer_generation_takes_over_what_the_older_one_loaded(tmp_path):
         assert new.vectors.searcher(0).index is old.vectors.searcher(0).index
         assert len(new.vectors.searcher(0).excluded) == 3 and len(old.vectors.searcher(0).excluded) == 0
         assert new.vectors.searcher(2) is not fresh.vectors.searcher(2)
+        compact_index(root)
+        merged = open_index(root, previous=new)
+        assert set(merged.vectors._loaded) <= {s.vectors.path for s in merged.manifest.segments}  # merged-away ones let go
+        merged.close()
         kept = set(new.catalog._object_rows._shards)
         assert kept <= {root / s.objects.path for s in new.manifest.segments} and len(kept) >= 2
     finally:

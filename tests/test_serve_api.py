@@ -192,6 +192,12 @@ def test_hostile_or_broken_where_gets_a_400_and_the_server_goes_on(client, where
     assert client.get(f"{API}/search", params={"text": "red", "k": 1}).status_code == 200
 
 
+def test_without_the_token_no_body_is_read(client):
+    anonymous = TestClient(client.app)
+    big = "A" * (serve_app.MAX_BODY_BYTES + 10)
+    assert "token" in one_line_error(anonymous.post(f"{API}/search", json={"image": big}), 401)
+
+
 def test_k_offset_and_sizes_are_bounded(client):
     assert "k" in one_line_error(client.get(f"{API}/search", params={"text": "red", "k": 10**6}), 422)
     assert "k" in one_line_error(client.get(f"{API}/search", params={"text": "red", "k": 0}), 422)
@@ -201,6 +207,11 @@ def test_k_offset_and_sizes_are_bounded(client):
     assert "size" in one_line_error(client.get(f"{API}/objects/1/crop", params={"size": 100_000}), 422)
     assert "object_id" in one_line_error(client.get(f"{API}/objects/abc"), 422)
     assert "empty" in one_line_error(client.get(f"{API}/search", params={"text": "   "}), 400)
+    assert "text" in one_line_error(client.get(f"{API}/search", params={"text": "x" * 20_000}), 422)
+    assert "text" in one_line_error(client.post(f"{API}/search", json={"text": "x" * 20_000}), 422)
+    for route in (f"/objects/{2**70}", f"/objects/{2**70}/crop", f"/images/{2**70}", f"/images/{2**70}/file", "/objects/-1"):
+        assert one_line_error(client.get(API + route), 422)
+    assert "object_id" in one_line_error(client.get(f"{API}/search", params={"object_id": 2**70}), 422)
     assert "exactly one" in one_line_error(client.get(f"{API}/search"), 400)
 
 
@@ -251,6 +262,25 @@ def test_new_commits_are_served_without_a_restart(tmp_path, blob_root):
         hits = client.get(f"{API}/search", params={"text": "red", "k": 100}).json()["hits"]
         assert any("/more/" in h["path"] for h in hits)
         assert client.get(f"{API}/health").json()["generation"] == after["generation"]
+
+
+def test_a_generation_that_cannot_be_opened_leaves_the_old_one_served(tmp_path, blob_root, monkeypatch):
+    from objsearch.errors import IndexCorrupt
+    from objsearch.serve.live import LiveIndex
+
+    shutil.copytree(blob_root / "idx", tmp_path / "idx")
+    with TestClient(create_app(tmp_path / "idx")) as client:
+        before = client.get(f"{API}/info").json()["generation"]
+
+        def broken(self):
+            raise IndexCorrupt("files missing (as if half-copied)")
+
+        monkeypatch.setattr(LiveIndex, "_open", broken)
+        index_blobs(tmp_path / "more", tmp_path / "idx", 2, seed=3)
+        assert client.get(f"{API}/search", params={"text": "red"}).status_code == 200
+        assert client.get(f"{API}/info").json()["generation"] == before
+        monkeypatch.undo()
+        assert client.get(f"{API}/info").json()["generation"] > before
 
 
 def test_a_missing_index_is_a_503_until_one_appears(tmp_path, blob_root):

@@ -19,7 +19,7 @@ gives ``next_offset`` while more may follow. Errors are JSON ``{"error": "one li
 status (503 while no index exists yet or the server is busy); the server keeps running.
 
 Security: with a token, every route but health and the static page needs ``Authorization: Bearer
-TOKEN``; pictures are served by id for files the index names, never by a path from the request;
+TOKEN``, checked before any body is read (``limits.TokenRequired``); pictures are served by id for files the index names, never by a path from the request;
 request bodies are limited to MAX_BODY_BYTES before they are read; ``where`` goes through the
 catalog's read-only predicate rules and every search through the index's time limit; no CORS
 header is sent unless origins are given. FastAPI's docs pages load their scripts from a CDN, so
@@ -30,14 +30,13 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hmac
 import logging
 import time
 from contextlib import asynccontextmanager
-from pathlib import Path
+from pathlib import Path as FilePath
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request
+from fastapi import APIRouter, FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
@@ -47,14 +46,15 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from objsearch.errors import BadImage, BadQuery, IndexNotFound, NotFound, ObjsearchError, QueryTimeout, first_line
 from objsearch.hits import Hit
 from objsearch.image_decode import decode_image_bytes
+from objsearch.search import MAX_QUERY_CHARS
 from objsearch.serve import media
-from objsearch.serve.limits import BodySizeLimit
+from objsearch.serve.limits import BodySizeLimit, TokenRequired
 from objsearch.serve.live import LiveIndex, ServerBusy
 
 logger = logging.getLogger(__name__)
 
 API = "/api/v1"
-STATIC = Path(__file__).parent / "static"
+STATIC = FilePath(__file__).parent / "static"
 MAX_K = 100  # hits a page
 MAX_DEPTH = 1000  # offset + k: how deep paging may go
 PAGE_MARGIN = 10  # hits searched past a page's end (see _search)
@@ -62,6 +62,8 @@ MAX_UPLOAD_BYTES = 20 << 20  # an uploaded image, decoded from base64
 MAX_BODY_BYTES = MAX_UPLOAD_BYTES * 4 // 3 + (64 << 10)  # its base64 plus the rest of the request
 UPLOAD_MAX_PIXELS = 50_000_000
 THUMB_SIDE, IMAGE_SIDE = 256, 1600  # default picture sizes (pixels, longest side)
+MAX_ID = 2**63 - 1  # ids are int64
+IdPath = Annotated[int, Path(ge=0, le=MAX_ID)]
 
 
 # -- request and response shapes ----------------------------------------------------------------------
@@ -83,8 +85,8 @@ class SearchRequest(SearchOptions):
     """Exactly one of text, object_id and image. ``image``: base64 (or a data: URL) of an image
     file; ``box``: x1, y1, x2, y2 in its pixels (after EXIF orientation), default the whole image."""
 
-    text: str | None = None
-    object_id: int | None = None
+    text: str | None = Field(None, max_length=MAX_QUERY_CHARS)
+    object_id: int | None = Field(None, ge=0, le=MAX_ID)
     image: str | None = Field(None, description="base64 of an image file, or a data: URL")
     box: list[float] | None = Field(None, min_length=4, max_length=4)
 
@@ -129,7 +131,7 @@ class ErrorResponse(BaseModel):
 
 
 # -- the application ----------------------------------------------------------------------------------
-def create_app(index_path: str | Path | None = None, *, model: Any = None, token: str | None = None,
+def create_app(index_path: str | FilePath | None = None, *, model: Any = None, token: str | None = None,
                time_limit_s: float = 30.0, cors_origins: list[str] | None = None, live: LiveIndex | None = None) -> FastAPI:
     """The server's ASGI app. ``live``: an already opened ``LiveIndex`` (else one is made from
     ``index_path`` and ``model`` and warmed when the app starts)."""
@@ -145,7 +147,7 @@ def create_app(index_path: str | Path | None = None, *, model: Any = None, token
                   responses={400: {"model": ErrorResponse}})
     app.state.live = live
     _install_error_handlers(app)
-    router = APIRouter(prefix=API, dependencies=[Depends(_token_check(token))])
+    router = APIRouter(prefix=API)
     _add_routes(router, live, app)
     app.include_router(_health_router(live))
     app.include_router(router)
@@ -161,17 +163,9 @@ def create_app(index_path: str | Path | None = None, *, model: Any = None, token
         app.add_middleware(CORSMiddleware, allow_origins=cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "Content-Type"])
     app.add_middleware(BodySizeLimit, max_bytes=MAX_BODY_BYTES)
+    if token is not None:  # added last: runs first, before any body is read
+        app.add_middleware(TokenRequired, token=token, prefix=API, open_paths=(f"{API}/health",))
     return app
-
-
-def _token_check(token: str | None):
-    def check(authorization: Annotated[str | None, Header(include_in_schema=False)] = None) -> None:
-        if token is None:
-            return
-        scheme, _, given = (authorization or "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
-            raise StarletteHTTPException(401, "a valid token is needed: send the header Authorization: Bearer TOKEN")
-    return check
 
 
 def _health_router(live: LiveIndex) -> APIRouter:
@@ -206,8 +200,8 @@ def _add_routes(router: APIRouter, live: LiveIndex, app: FastAPI) -> None:
 
     @router.get("/search", response_model=SearchResponse)
     def search_get(
-        text: Annotated[str | None, Query(description="what to look for")] = None,
-        object_id: Annotated[int | None, Query(description="find objects like this indexed object")] = None,
+        text: Annotated[str | None, Query(description="what to look for", max_length=MAX_QUERY_CHARS)] = None,
+        object_id: Annotated[int | None, Query(description="find objects like this indexed object", ge=0, le=MAX_ID)] = None,
         k: Annotated[int, Query(ge=1, le=MAX_K)] = 20,
         offset: Annotated[int, Query(ge=0, le=MAX_DEPTH - 1)] = 0,
         where: str | None = None,
@@ -228,13 +222,13 @@ def _add_routes(router: APIRouter, live: LiveIndex, app: FastAPI) -> None:
         return _search(live, request)
 
     @router.get("/objects/{object_id}")
-    def get_object(object_id: int) -> dict:
+    def get_object(object_id: IdPath) -> dict:
         """One object: its box, label, caption, score, and its image's id, path and size."""
         with live.use() as index:
             return _object_out(index.object(object_id))
 
     @router.get("/objects/{object_id}/crop", response_class=Response, responses={200: {"content": {"image/jpeg": {}}}})
-    def get_crop(object_id: int, size: Annotated[int, Query(ge=media.MIN_SIDE, le=media.MAX_SIDE)] = THUMB_SIDE,
+    def get_crop(object_id: IdPath, size: Annotated[int, Query(ge=media.MIN_SIDE, le=media.MAX_SIDE)] = THUMB_SIDE,
                  pad: Annotated[float, Query(ge=0, le=1)] = 0.05) -> Response:
         """The object's crop (grown by ``pad`` of its size on each side), at most ``size`` pixels a side."""
         with live.use() as index:
@@ -244,7 +238,7 @@ def _add_routes(router: APIRouter, live: LiveIndex, app: FastAPI) -> None:
         return _jpeg_response(lambda: media.crop_jpeg(row["path"], box, size_of, size, pad))
 
     @router.get("/images/{image_id}")
-    def get_image(image_id: int) -> dict:
+    def get_image(image_id: IdPath) -> dict:
         """One image: path, size, status and its live objects (boxes, labels, captions)."""
         with live.use() as index:
             image = index.image(image_id)
@@ -256,7 +250,7 @@ def _add_routes(router: APIRouter, live: LiveIndex, app: FastAPI) -> None:
         }
 
     @router.get("/images/{image_id}/file", response_class=Response, responses={200: {"content": {"image/jpeg": {}}}})
-    def get_image_file(image_id: int, size: Annotated[int, Query(ge=media.MIN_SIDE, le=media.MAX_SIDE)] = IMAGE_SIDE) -> Response:
+    def get_image_file(image_id: IdPath, size: Annotated[int, Query(ge=media.MIN_SIDE, le=media.MAX_SIDE)] = IMAGE_SIDE) -> Response:
         """The image, upright, at most ``size`` pixels a side."""
         with live.use() as index:
             row = index.catalog.image_row(image_id)

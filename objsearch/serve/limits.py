@@ -1,12 +1,15 @@
-"""Request bodies larger than a limit are refused before they are read (ASGI middleware).
+"""Checks made before a request's body is read (ASGI middleware): the token, and the body's size.
 
-A declared Content-Length over the limit is answered 413 at once; a body sent without one (chunked)
-is counted as it arrives and the request fails with 413 as soon as it passes the limit, so no
-request can make the server hold more than the limit in memory.
+A request to the API without the token is answered 401 before anything of it is read (FastAPI
+would parse a JSON body before running a route's dependencies). A declared Content-Length over the
+limit is answered 413 at once; a body sent without one (chunked) is counted as it arrives and the
+request fails with 413 as soon as it passes the limit, so no request can make the server hold more
+than the limit in memory.
 """
 
 from __future__ import annotations
 
+import hmac
 import json
 
 from starlette.exceptions import HTTPException
@@ -60,7 +63,29 @@ class BodySizeLimit:
                 await self._refuse(send)
 
     async def _refuse(self, send) -> None:
-        body = json.dumps({"error": too_large_message(self.max_bytes)}).encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
-        await send({"type": "http.response.body", "body": body})
+        await _respond(send, 413, too_large_message(self.max_bytes))
+
+
+class TokenRequired:
+    """401 for a request under ``prefix`` (except the ``open_paths``) without ``Authorization:
+    Bearer TOKEN``; the token is compared in constant time."""
+
+    def __init__(self, app, token: str, prefix: str, open_paths: tuple[str, ...] = ()) -> None:
+        self.app, self.token, self.prefix, self.open_paths = app, token.encode(), prefix, open_paths
+
+    async def __call__(self, scope, receive, send) -> None:
+        path = scope.get("path", "")
+        if scope["type"] == "http" and path.startswith(self.prefix) and path not in self.open_paths:
+            header = dict(scope.get("headers") or []).get(b"authorization", b"")
+            scheme, _, given = header.partition(b" ")
+            if scheme.lower() != b"bearer" or not hmac.compare_digest(given.strip(), self.token):
+                await _respond(send, 401, "a valid token is needed: send the header Authorization: Bearer TOKEN")
+                return
+        await self.app(scope, receive, send)
+
+
+async def _respond(send, status: int, message: str) -> None:
+    body = json.dumps({"error": message}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})

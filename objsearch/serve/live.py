@@ -92,19 +92,35 @@ class LiveIndex:
         identity = manifest_identity(self.root)
         if identity == self._identity and self._index is not None:
             return
-        with self._reopening:  # one request opens the new generation; the others keep the old one
+        # One request opens the new generation; while it does, the others keep the old one (and
+        # wait only when there is none yet).
+        if not self._reopening.acquire(blocking=self._index is None, timeout=self.time_limit_s if self._index is None else -1):
+            if self._index is None:
+                raise ServerBusy(f"the index was still being opened after {self.time_limit_s:g} s; try again")
+            return
+        try:
             if identity == self._identity and self._index is not None:
                 return
             if identity is None:
                 if self._index is None:
                     return  # nothing to open yet: use() says so
                 raise IndexNotFound(f"the index at {self.root} has no manifest any more")
-            fresh = self._open()
+            try:
+                fresh = self._open()
+            except ObjsearchError as exc:
+                if self._index is None:
+                    raise
+                logger.warning("cannot open generation %s of %s yet (%s); serving generation %d meanwhile",
+                               identity, self.root, exc, self._index.manifest.generation)
+                return
             with self._work:
                 stale, self._index, self._identity = self._index, fresh, identity
                 if stale is not None:
                     stale.close()
+            self._embedder = fresh._embedder or self._embedder
             logger.info("serving generation %d of %s", fresh.manifest.generation, self.root)
+        finally:
+            self._reopening.release()
 
     def _open(self) -> Index:
         try:

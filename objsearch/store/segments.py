@@ -52,7 +52,9 @@ class SegmentSet:
         self._loaded: dict[str, vectors.Searcher] = {}  # the previous generation's, by vectors file
         if previous is not None and previous._nprobe is None and previous.root == root:
             loaded = dict(previous._searchers)  # a copy first: the older generation may be loading more
-            self._loaded = {s.vectors.path: loaded[n] for n, s in enumerate(previous.manifest.segments) if n in loaded}
+            kept = {s.vectors.path for s in manifest.segments}  # merged-away segments are let go
+            self._loaded = {s.vectors.path: loaded[n] for n, s in enumerate(previous.manifest.segments)
+                            if n in loaded and s.vectors.path in kept}
 
     @property
     def tombstones(self) -> np.ndarray:

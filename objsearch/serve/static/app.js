@@ -11,7 +11,7 @@ const state = {
   query: null,          // {text | object | upload, label, min, perImage, where}
   hits: [],
   nextOffset: null,
-  loading: false,
+  loading: null,        // the query whose page is being fetched
   generation: null,
   token: sessionStorage.getItem("objsearch-token"),
   uploads: new Map(),   // history id -> {dataUrl, box, name}
@@ -63,7 +63,11 @@ function showPicture(img, url) {
   if (!state.token) { img.src = url; return; }
   fetch(url, { headers: authHeaders() })
     .then((r) => (r.ok ? r.blob() : Promise.reject(new Error(String(r.status)))))
-    .then((blob) => { img.src = URL.createObjectURL(blob); })
+    .then((blob) => {
+      const local = URL.createObjectURL(blob);
+      img.addEventListener("load", () => URL.revokeObjectURL(local), { once: true });
+      img.src = local;
+    })
     .catch(() => { img.alt = "picture not available"; });
 }
 
@@ -154,8 +158,8 @@ function describeQuery(query) {
 
 async function fetchPage(offset) {
   const query = state.query;
-  if (state.loading || !query) return;
-  state.loading = true;
+  if (!query || state.loading === query) return; // a newer query's first page never waits for an older one's
+  state.loading = query;
   $("more").disabled = true;
   if (offset === 0) showMessage("Searching…");
   const options = { k: PAGE_SIZE, offset, per_image: query.perImage };
@@ -189,9 +193,11 @@ async function fetchPage(offset) {
   } catch (error) {
     if (query === state.query) showError(error);
   } finally {
-    state.loading = false;
-    $("more").disabled = false;
-    $("more").hidden = state.nextOffset === null;
+    if (state.loading === query) {
+      state.loading = null;
+      $("more").disabled = false;
+      $("more").hidden = state.nextOffset === null;
+    }
   }
 }
 
@@ -273,7 +279,7 @@ async function openDetail(objectId, similarity) {
     svg.replaceChildren();
     const select = (id) => {
       svg.querySelectorAll("rect").forEach((r) => r.setAttribute("class", Number(r.dataset.objectId) === id ? "selected" : "other"));
-      const chosen = image.objects.find((o) => o.object_id === id);
+      const chosen = image.objects.find((o) => o.object_id === id) || object;
       describeObject(chosen, id === objectId ? similarity : null, image);
       const selected = svg.querySelector("rect.selected");
       if (selected) svg.appendChild(selected); // drawn on top
@@ -469,7 +475,7 @@ function setup() {
   $("download").addEventListener("click", download);
   document.querySelectorAll("[data-close]").forEach((b) => b.addEventListener("click", closeDialogs));
   new IntersectionObserver((entries) => {
-    if (entries.some((e) => e.isIntersecting) && state.nextOffset !== null && !state.loading) fetchPage(state.nextOffset);
+    if (entries.some((e) => e.isIntersecting) && state.nextOffset !== null && state.loading === null) fetchPage(state.nextOffset);
   }, { rootMargin: "400px" }).observe($("sentinel"));
   window.addEventListener("popstate", () => { closeDialogs(); search(queryFromUrl(), { push: false }); });
   setupRegion();
