@@ -283,6 +283,15 @@ def test_a_generation_that_cannot_be_opened_leaves_the_old_one_served(tmp_path, 
         assert client.get(f"{API}/info").json()["generation"] > before
 
 
+def test_a_damaged_index_starts_the_server_and_says_why(tmp_path, blob_root):
+    shutil.copytree(blob_root / "idx", tmp_path / "idx")
+    (tmp_path / "idx" / "manifest.json").write_text("{not json")
+    with TestClient(create_app(tmp_path / "idx")) as client:
+        assert client.get(f"{API}/health").status_code == 200
+        message = one_line_error(client.get(f"{API}/search", params={"text": "red"}), 503)
+        assert "manifest" in message
+
+
 def test_a_missing_index_is_a_503_until_one_appears(tmp_path, blob_root):
     with TestClient(create_app(tmp_path / "idx")) as client:
         assert client.get(f"{API}/health").json() == {"status": "ok", "generation": None}

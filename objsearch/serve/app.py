@@ -43,7 +43,7 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field, model_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from objsearch.errors import BadImage, BadQuery, IndexNotFound, NotFound, ObjsearchError, QueryTimeout, first_line
+from objsearch.errors import BadImage, BadQuery, IndexCorrupt, IndexNotFound, NotFound, ObjsearchError, QueryTimeout, first_line
 from objsearch.hits import Hit
 from objsearch.image_decode import decode_image_bytes
 from objsearch.search import MAX_QUERY_CHARS
@@ -346,7 +346,7 @@ def _validation_message(exc: Exception) -> str:
 
 _STATUS: list[tuple[type[Exception], int]] = [
     (NotFound, 404), (QueryTimeout, 504), (BadQuery, 400), (BadImage, 400),
-    (IndexNotFound, 503), (ServerBusy, 503), (ObjsearchError, 500),
+    (IndexNotFound, 503), (IndexCorrupt, 503), (ServerBusy, 503), (ObjsearchError, 500),
 ]
 
 

@@ -69,6 +69,8 @@ class LiveIndex:
                 self._embedder = index.embedder
         except IndexNotFound:
             logger.warning("no index at %s yet; serving it once `objsearch index` has made one", self.root)
+        except ObjsearchError as exc:  # damaged, another format, model missing: each request says why
+            logger.error("cannot open the index at %s: %s", self.root, exc)
 
     @contextmanager
     def use(self) -> Iterator[Index]:
