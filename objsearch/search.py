@@ -184,13 +184,13 @@ class Index:
             raise NotFound(f"no object with id {object_id} in this index")
         return row
 
-    def image(self, image_id: int) -> dict:
-        """One image's row with its live objects under ``objects`` (each without its embedding);
-        NotFound when not held."""
+    def image(self, image_id: int, *, with_objects: bool = True) -> dict:
+        """One image's row, with its live objects under ``objects`` (each without its embedding)
+        unless ``with_objects`` is false; NotFound when not held."""
         row = self.catalog.image_row(image_id)
         if row is None:
             raise NotFound(f"no image with id {image_id} in this index")
-        return {**row, "objects": self.catalog.objects_of_image(image_id)}
+        return {**row, "objects": self.catalog.objects_of_image(image_id)} if with_objects else row
 
     def info(self) -> dict:
         """Counts, model, index type and size on disk (what ``objsearch info`` shows)."""

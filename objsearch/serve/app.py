@@ -253,9 +253,7 @@ def _add_routes(router: APIRouter, live: LiveIndex, app: FastAPI) -> None:
     def get_image_file(image_id: IdPath, size: Annotated[int, Query(ge=media.MIN_SIDE, le=media.MAX_SIDE)] = IMAGE_SIDE) -> Response:
         """The image, upright, at most ``size`` pixels a side."""
         with live.use() as index:
-            row = index.catalog.image_row(image_id)
-        if row is None:
-            raise NotFound(f"no image with id {image_id} in this index")
+            row = index.image(image_id, with_objects=False)
         return _jpeg_response(lambda: media.image_jpeg(row["path"], size))
 
 
@@ -298,12 +296,9 @@ def _decode_upload(data: str):
 
 
 def _hit_out(hit: Hit) -> dict:
-    return {
-        "rank": hit.rank, "object_id": hit.object_id, "image_id": hit.image_id, "path": hit.path,
-        "box": list(hit.box_xyxy), "similarity": hit.similarity, "det_score": hit.det_score, "label": hit.label,
-        "caption": hit.caption, "image_width": hit.image_width, "image_height": hit.image_height,
-        **_urls(hit.object_id, hit.image_id),
-    }
+    row = hit.to_dict()
+    row["box"] = row.pop("box_xyxy")
+    return {**row, **_urls(hit.object_id, hit.image_id)}
 
 
 def _object_out(row: dict) -> dict:

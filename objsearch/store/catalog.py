@@ -102,7 +102,7 @@ class Catalog:
         try:
             return self._object_ids(predicate, "objects_images", deadline)
         except (duckdb.IOException, duckdb.PermissionException) as exc:  # a predicate names no file: a shard is gone
-            raise IndexCorrupt(f"cannot read the index's shards ({first_line(exc)}); reopen the index") from None
+            raise _shards_gone(exc) from None
         except duckdb.Error as exc:
             raise BadQuery(f"bad --where predicate {where!r}: {first_line(exc)}. Columns: {', '.join(schema.FILTERABLE_COLUMNS)}") from None
 
@@ -179,7 +179,7 @@ class Catalog:
             image_files = [self.root / e.path for e in self.manifest.image_shards]
             images = self._image_rows.rows(image_files, np.array(objects[schema.IMAGE_ID], np.int64), IMAGE_HIT_COLUMNS, schema.IMAGES_SCHEMA)
         except (OSError, pa.ArrowException) as exc:  # a shard removed under a reader that holds no lease
-            raise IndexCorrupt(f"cannot read the index's shards ({first_line(exc)}); reopen the index") from None
+            raise _shards_gone(exc) from None
         self.check_deadline(deadline)
         image_rows = images.to_pydict()
         of_image = {image_id: dict(zip(IMAGE_HIT_COLUMNS, values)) for image_id, *values
@@ -210,7 +210,7 @@ class Catalog:
         try:
             return self._timed(lambda: _fetch(self.con.execute(statement, parameters or {})))
         except (duckdb.IOException, duckdb.PermissionException) as exc:  # a shard is gone
-            raise IndexCorrupt(f"cannot read the index's shards ({first_line(exc)}); reopen the index") from None
+            raise _shards_gone(exc) from None
 
     def sql(self, statement: str) -> tuple[list[str], list[tuple]]:
         """Run one read-only SELECT-like statement -> (column names, rows)."""
@@ -232,6 +232,11 @@ class Catalog:
 
     def close(self) -> None:
         self.con.close()
+
+
+def _shards_gone(exc: Exception) -> IndexCorrupt:
+    """The error for a shard removed under a reader that holds no lease."""
+    return IndexCorrupt(f"cannot read the index's shards ({first_line(exc)}); reopen the index")
 
 
 def _empty_select(table_schema) -> str:

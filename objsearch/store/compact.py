@@ -22,8 +22,9 @@ tier, and so on. Why this rule:
 
 Image shards follow the same rule by file size, with the half-the-index limit taken against the
 whole index: they are a sliver of it (2 MB of 2.1 GB at 1M objects), and against their own total
-the limit held five 260 KB shards apart, so a query's row look-up opened five. A merge drops tombstoned rows, so deleted objects
-leave the disk when their segment is next merged (``objsearch compact`` merges everything now).
+the limit held five 260 KB shards apart, so a query's row look-up opened five. A merge drops
+tombstoned rows, so deleted objects leave the disk when their segment is next merged
+(``objsearch compact`` merges everything now).
 Each merge is one commit: new files first, then the manifest swap; a crash at any point leaves the
 previous generation whole and the next writer deletes the half-written files.
 """

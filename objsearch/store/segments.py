@@ -88,13 +88,9 @@ class SegmentSet:
         except (RuntimeError, OSError) as exc:
             raise IndexCorrupt(f"cannot load {path} ({first_line(exc)}); reopen the index, and if this persists, "
                                "run `objsearch doctor --repair`") from None
-        if self._nprobe:
-            vectors.tune(index, self._nprobe)
-        else:
-            ivf = vectors.ivf_of(index)
-            wanted = self._whole_nprobe(ivf)
-            if ivf is not None and wanted is not None:
-                ivf.nprobe = wanted
+        ivf = vectors.ivf_of(index)
+        if ivf is not None:
+            ivf.nprobe = self._nprobe_for(ivf)
         return index
 
     def _taken_over(self, segment: Segment) -> vectors.Searcher | None:
@@ -104,19 +100,20 @@ class SegmentSet:
         if old is None or self._nprobe:
             return None
         ivf = vectors.ivf_of(old.index)
-        wanted = self._whole_nprobe(ivf)
-        if ivf is not None and ivf.nprobe != (wanted if wanted is not None else vectors.default_nprobe(ivf.nlist)):
+        if ivf is not None and ivf.nprobe != self._nprobe_for(ivf):
             return None  # the share moved (the index grew past a size step): load it afresh
         return old
 
-    def _whole_nprobe(self, ivf) -> int | None:
-        """For an IVF segment of a multi-segment index: scan the share of it that one index over
-        all the live vectors would scan (each segment's own default, 1/16 of its lists, at least
-        32, would make a query over many small segments scan several times the vectors of the
-        compacted index, for no recall gain). None: the index's own default applies."""
-        if ivf is None or len(self.manifest.segments) <= 1:
-            return None
-        return vectors.share_nprobe(ivf.nlist, vectors.scan_share(max(self.ntotal, 1)))
+    def _nprobe_for(self, ivf) -> int:
+        """The lists an IVF segment scans: ``tune``'s nprobe if set; in a multi-segment index the
+        share of it that one index over all the live vectors would scan (each segment's own
+        default, 1/16 of its lists, at least 32, would make a query over many small segments scan
+        several times the vectors of the compacted index, for no recall gain); else the default."""
+        if self._nprobe:
+            return self._nprobe
+        if len(self.manifest.segments) > 1:
+            return vectors.share_nprobe(ivf.nlist, vectors.scan_share(max(self.ntotal, 1)))
+        return vectors.default_nprobe(ivf.nlist)
 
     def tune(self, nprobe: int) -> None:
         """Scan ``nprobe`` lists in every IVF segment (loaded now or later)."""
