@@ -12,6 +12,9 @@ from objsearch.errors import BadImage
 from objsearch.image_decode import DecodedImage, decode_image
 from indexer.discover import FileStat, content_hash
 
+MAX_PIXELS = 100_000_000  # larger images are skipped as likely decompression bombs
+MAX_SIDE = 1600  # images are downscaled to this many pixels a side for the model
+
 
 @dataclass(frozen=True)
 class DecodeResult:

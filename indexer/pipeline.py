@@ -4,6 +4,10 @@ Decoding runs in worker processes a bounded distance ahead of the model, so file
 decoding overlap with inference and memory stays flat however large the collection. Work is
 committed every ``commit_every`` images; a run that is killed loses at most that much work, and
 the next run picks up exactly where the last commit left off.
+
+A run first commits the parts (``parts``) that an earlier run or other processes finished and left
+in the index's staging folder; with ``IndexOptions.ray`` the rest is decoded and embedded on Ray
+(``ray_runner``), whose actors write parts, and this process commits them (``staged``).
 """
 
 from __future__ import annotations
@@ -21,9 +25,11 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from indexer.decode import DecodeResult, load_file
+from indexer.decode import MAX_PIXELS, MAX_SIDE, DecodeResult, load_file
 from indexer.discover import FileStat, IndexPlan, discover, plan
-from objsearch import schema
+from indexer.parts import staging_dir
+from indexer.staged import PartCommitter
+from indexer.work import embed_decoded, image_record
 from objsearch.embedders.base import DEFAULT_EMBEDDER, ObjectEmbedder, load_embedder
 from objsearch.embedders.batch_size import choose_batch_size
 from objsearch.errors import IndexNotFound, ObjsearchError
@@ -40,11 +46,13 @@ class IndexOptions:
     batch_size: int = 0  # images per forward pass; 0 = the embedder's choice for its device
     workers: int = 0  # decoding processes; 0 = one per core, at most 4, none on a single core
     commit_every: int = 64  # images per commit (the most a kill can lose)
-    max_pixels: int = 100_000_000  # larger images are skipped as likely decompression bombs
-    max_side: int = 1600  # images are downscaled to this many pixels a side for the model
+    max_pixels: int = MAX_PIXELS  # larger images are skipped as likely decompression bombs
+    max_side: int = MAX_SIDE  # images are downscaled to this many pixels a side for the model
     progress: bool = True
     index_type: str | None = None  # FAISS factory string; "" = automatic; None = keep the index's
     max_index_memory: int | None = None  # bytes for the vector index; 0 = no budget; None = keep
+    ray: str | None = None  # run decoding and the model on Ray: "local", "auto" or a cluster address
+    ray_actors: int = 0  # model actors on Ray; 0 = one per GPU, or per CPUS_PER_ACTOR CPUs without GPUs
 
 
 @dataclass
@@ -54,7 +62,9 @@ class IndexSummary:
     unchanged: int = 0
     touched: int = 0  # same bytes, new mtime: metadata updated, nothing re-embedded
     removed: int = 0  # files deleted from disk (or now excluded) and removed from the index
-    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    recovered: int = 0  # images committed from parts an earlier run (or another process) staged
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason): bad files, recorded
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (path, reason): not indexed, retried next run
     seconds: float = 0.0
     stage_seconds: Counter = field(default_factory=Counter)  # decode_wait, embed, write
 
@@ -101,11 +111,23 @@ def index_folders(
         replaces = {file.path: record.image_id for file, record in todo.changed}
         work = todo.new + [file for file, _ in todo.changed]
         logger.info("%d files: %d new, %d changed, %d unchanged, %d touched, %d deleted", len(found.files), len(todo.new), len(todo.changed), todo.unchanged, len(todo.touched), len(todo.deleted))
-        if work and embedder is None:
-            embedder = load_embedder(info.source or info.name)
-            check_embedder(writer.manifest, EmbedderInfo.of(embedder))
-        _embed_and_write(writer, embedder, work, replaces, options, summary)
-        _timed_commit(writer, summary)
+        committer = PartCommitter(writer, work, replaces, summary, options.commit_every)
+        staging = staging_dir(root)
+        committer.take_staged(staging)  # finished work of a run that was killed before committing it
+        work = committer.remaining
+        if work and options.ray is not None:
+            from indexer.ray_runner import index_on_ray  # Ray is an optional extra
+
+            index_on_ray(options.ray, work, committer, staging, info, options)
+            committer.take_staged(staging)  # parts of retried tasks that arrived twice or late
+        elif work:
+            if embedder is None:
+                embedder = load_embedder(info.source or info.name)
+                check_embedder(writer.manifest, EmbedderInfo.of(embedder))
+            if caveat := getattr(embedder, "indexing_caveat", None):  # e.g. a model trained on synthetic data only
+                logger.warning("%s", caveat)
+            _embed_locally(committer, embedder, work, options, summary)
+        committer.commit()
     summary.seconds = time.perf_counter() - started
     return summary
 
@@ -117,12 +139,6 @@ def _recorded_embedder(root: Path) -> EmbedderInfo | None:
         return None
 
 
-def _timed_commit(writer: IndexWriter, summary: IndexSummary) -> None:
-    t0 = time.perf_counter()
-    writer.commit()
-    summary.stage_seconds["write"] += time.perf_counter() - t0
-
-
 def _apply_metadata_changes(writer: IndexWriter, todo: IndexPlan, summary: IndexSummary) -> None:
     writer.remove_images([record.image_id for record in todo.deleted])
     for file, record in todo.touched:
@@ -132,55 +148,21 @@ def _apply_metadata_changes(writer: IndexWriter, todo: IndexPlan, summary: Index
     writer.commit()
 
 
-def _embed_and_write(writer, embedder, work: list[FileStat], replaces: dict[str, int], options: IndexOptions, summary: IndexSummary) -> None:
-    if not work:
-        return
-    caveat = getattr(embedder, "indexing_caveat", None)  # e.g. a model trained on synthetic data only
-    if caveat:
-        logger.warning("%s", caveat)
+def _embed_locally(committer: PartCommitter, embedder, work: list[FileStat], options: IndexOptions, summary: IndexSummary) -> None:
+    """Decode ``work`` in worker processes and embed it here, batch by batch, into ``committer``."""
     if not options.batch_size:
         options = dataclasses.replace(options, batch_size=choose_batch_size(embedder))
     bar = tqdm(total=len(work), unit="img", desc="indexing", disable=not options.progress)
-    since_commit = 0
     try:
         for batch in _batches(_decoded(work, options, summary), options.batch_size):
-            good = [r for r in batch if r.image is not None]
             t0 = time.perf_counter()
-            detections = embedder.detect([r.image.pixels for r in good]) if good else []
+            detections = embed_decoded(embedder, batch)
             summary.stage_seconds["embed"] += time.perf_counter() - t0
-            by_path = {r.file.path: d.scaled(1.0 / r.image.scale) for r, d in zip(good, detections)}
-            for result in batch:
-                if result.file.path in replaces:
-                    writer.remove_images([replaces[result.file.path]])
-                dets = by_path.get(result.file.path)
-                writer.add_image(_record(result), dets)
-                if result.error:
-                    summary.skipped.append((result.file.path, result.error))
-                    logger.warning("skipped %s: %s", result.file.path, result.error)
-                else:
-                    summary.indexed += 1
-                    summary.objects_added += len(dets)
-            since_commit += len(batch)
+            for result, found in zip(batch, detections):
+                committer.stage(image_record(result), found)
             bar.update(len(batch))
-            if since_commit >= options.commit_every:
-                _timed_commit(writer, summary)
-                since_commit = 0
     finally:
         bar.close()
-
-
-def _record(result: DecodeResult) -> ImageRecord:
-    image = result.image
-    return ImageRecord(
-        path=result.file.path,
-        file_size=result.file.file_size,
-        mtime_ns=result.file.mtime_ns,
-        content_hash=result.content_hash,
-        width=image.width if image else None,
-        height=image.height if image else None,
-        status=schema.STATUS_ERROR if result.error else schema.STATUS_OK,
-        error=result.error,
-    )
 
 
 def _batches(items: Iterator, size: int) -> Iterator[list]:

@@ -137,20 +137,30 @@ def index(
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
     index_type: IndexTypeOption = None,
     max_index_memory: MaxMemoryOption = None,
+    ray: Annotated[str | None, typer.Option("--ray", metavar="ADDRESS", help="Decode and embed on Ray (pip install 'objsearch[ray]'): 'local' starts Ray on this machine, 'auto' joins the cluster this machine is in, or HOST:PORT.", show_default=False)] = None,
+    ray_actors: Annotated[int, typer.Option("--ray-actors", min=0, help="Model actors on Ray (0 = one per GPU, or one per 4 CPUs).")] = 0,
 ) -> None:
     """Detect and embed every object in the images below FOLDERS; only new or changed files are processed."""
     from indexer.pipeline import IndexOptions, index_folders
 
+    if ray is not None and not ray.strip():
+        raise BadQuery("--ray wants an address: 'local', 'auto' or HOST:PORT")
     options = IndexOptions(exclude=tuple(exclude or ()), batch_size=batch_size, workers=workers, commit_every=commit_every,
-                           max_pixels=max_pixels, progress=progress, index_type=_index_type(index_type), max_index_memory=parse_byte_size(max_index_memory))
+                           max_pixels=max_pixels, progress=progress, index_type=_index_type(index_type), max_index_memory=parse_byte_size(max_index_memory),
+                           ray=ray, ray_actors=ray_actors)
     summary = index_folders(folders, index_path, model=model, options=options)
+    recovered = f", {summary.recovered} more from an earlier run's staged work" if summary.recovered else ""
     typer.echo(
-        f"indexed {summary.indexed} images ({summary.objects_added} objects) in {summary.seconds:.1f} s "
+        f"indexed {summary.indexed} images ({summary.objects_added} objects){recovered} in {summary.seconds:.1f} s "
         f"({summary.images_per_second:.2f} images/s); unchanged {summary.unchanged}, touched {summary.touched}, "
         f"removed {summary.removed}, skipped {len(summary.skipped)}"
     )
     for path, reason in summary.skipped:
         typer.echo(f"  skipped {path}: {reason}")
+    if summary.failed:
+        for path, reason in summary.failed:
+            typer.echo(f"  not indexed {path}: {reason}")
+        raise ObjsearchError(f"{len(summary.failed)} files were not indexed (see above); run the same command again to retry them")
 
 
 def _parse_box(text: str) -> tuple[float, float, float, float]:

@@ -40,9 +40,10 @@ def bundled_index(sample_photos, bundled_embedder, tmp_path_factory) -> Path:
     return root
 
 
-def run_cli(*args: str, timeout: float = 300, **kwargs):
-    """`python -m objsearch ARGS` in a subprocess (tests/ importable, for the blob embedder)."""
+def run_cli(*args: str, timeout: float = 300, env_extra: dict[str, str] | None = None, **kwargs):
+    """`python -m objsearch ARGS` in a subprocess (tests/ importable, for the blob embedder), with
+    ``env_extra`` added to the environment."""
     import subprocess
 
-    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""), **(env_extra or {})}
     return subprocess.run([sys.executable, "-m", "objsearch", *args], capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO, **kwargs)

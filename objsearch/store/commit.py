@@ -29,7 +29,7 @@ from objsearch.embedders.base import Detections
 from objsearch.errors import IndexCorrupt, ObjsearchError, first_line
 from objsearch.store import compact, parquet, vectors
 from objsearch.store.gc import collect_garbage
-from objsearch.store.layout import IMAGES_DIR, LOCK, MANIFEST, TOMBSTONES_DIR, FileEntry, WriterLock, file_entry
+from objsearch.store.layout import IMAGES_DIR, LOCK, MANIFEST, STAGING_DIR, TOMBSTONES_DIR, FileEntry, WriterLock, file_entry
 from objsearch.store.manifest import EmbedderInfo, Manifest, check_embedder, missing_or_resized, read_manifest, write_manifest
 from objsearch.store.segments import read_tombstones
 from objsearch.store.verified import VerifiedFiles
@@ -71,7 +71,7 @@ class IndexWriter:
         self._lock = WriterLock(self.root)
         self._lock.acquire()  # before looking inside: another writer may be creating the index
         try:
-            if not (self.root / MANIFEST).exists() and any(p.name != LOCK for p in self.root.iterdir()):
+            if not (self.root / MANIFEST).exists() and any(p.name not in (LOCK, STAGING_DIR) for p in self.root.iterdir()):
                 if not had_lock_file:
                     (self.root / LOCK).unlink(missing_ok=True)
                 raise ObjsearchError(f"{self.root} is not empty and holds no index; choose an empty or new --index directory")
@@ -168,7 +168,7 @@ class IndexWriter:
             columns[schema.SCORE].extend(detections.scores.tolist())
             columns[schema.LABEL].extend(detections.labels)
             columns[schema.CAPTION].extend(detections.captions)
-            columns[schema.MASK].extend([None if m is None else _rle_json(m) for m in detections.masks])
+            columns[schema.MASK].extend([None if m is None else mask_json(m) for m in detections.masks])
             if detections.embeddings.shape[1] != self.embed_dim:
                 raise ValueError(f"embeddings are {detections.embeddings.shape[1]}-d, index is {self.embed_dim}-d")
             self._staged_embeddings.append(detections.embeddings)
@@ -424,7 +424,8 @@ def compact_index(root: Path) -> tuple[Manifest, Manifest]:
         return before, writer.manifest
 
 
-def _rle_json(mask: dict) -> str:
+def mask_json(mask: dict) -> str:
+    """A COCO RLE mask as the JSON text the objects table stores (``counts`` as ASCII)."""
     counts = mask.get("counts")
     if isinstance(counts, bytes):
         mask = {**mask, "counts": counts.decode("ascii")}

@@ -35,6 +35,7 @@ VECTORS_DIR = "vectors"
 TOMBSTONES_DIR = "tombstones"
 READERS_DIR = "readers"
 VERIFIED = "verified.json"
+STAGING_DIR = "staging"  # finished indexing work (parts) waiting for the writer; not swept by gc
 DATA_DIRS = (IMAGES_DIR, OBJECTS_DIR, VECTORS_DIR, TOMBSTONES_DIR)  # what garbage collection sweeps
 INDEX_ENV_VAR = "OBJSEARCH_INDEX"
 DEFAULT_INDEX_DIR = ".objsearch"

@@ -40,11 +40,19 @@ class EmbedderInfo:
         """The identity of an ObjectEmbedder instance."""
         return cls(embedder.name, embedder.version, int(embedder.embed_dim), source or embedder.name)
 
+    def same_model(self, other: "EmbedderInfo") -> bool:
+        """Whether embeddings of ``other`` and of this one are comparable (``source`` aside)."""
+        return (self.name, self.version, self.embed_dim) == (other.name, other.version, other.embed_dim)
+
 
 def check_embedder(manifest: "Manifest", info: EmbedderInfo) -> None:
     """ModelMismatch unless ``info`` is the embedder that built the index."""
-    built = manifest.embedder
-    if (built.name, built.version, built.embed_dim) != (info.name, info.version, info.embed_dim):
+    check_same_model(manifest.embedder, info)
+
+
+def check_same_model(built: EmbedderInfo, info: EmbedderInfo) -> None:
+    """ModelMismatch unless ``info`` is the model ``built`` names."""
+    if not built.same_model(info):
         raise ModelMismatch(
             f"this index was built with model {built.name!r} (version {built.version}, {built.embed_dim}-d); "
             f"it cannot be used with {info.name!r} (version {info.version}, {info.embed_dim}-d). "

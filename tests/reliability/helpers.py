@@ -16,12 +16,13 @@ from tests.conftest import REPO
 SLOW_BLOBS = "objsearch.datasets.blob_embedder:build_slow"
 
 
-def snapshot(root) -> tuple[list, list]:
+def snapshot(root, model=None) -> tuple[list, list]:
     """(objects, images) as a user sees them, ids left out (a resumed run may number them
     differently), after asserting the invariants: every file matches its checksum, FAISS ids ==
-    Parquet object ids, no duplicate ids, manifest counts == rows."""
+    Parquet object ids, no duplicate ids, manifest counts == rows. ``model``: the index's embedder
+    (default: the blob embedder)."""
     assert check_index(root) == []
-    with open_index(root, model=build_blobs()) as idx:
+    with open_index(root, model=model or build_blobs()) as idx:
         rows = idx.sql("SELECT i.path, o.x1, o.y1, o.x2, o.y2, o.label, o.caption, o.embedding, o.object_id "
                        "FROM objects o JOIN images i USING (image_id) ORDER BY 1, 2, 3")[1]
         faiss_ids = sorted(idx.vectors.all_ids().tolist())
@@ -39,7 +40,7 @@ def index_args(folder, root, model: str = SLOW_BLOBS, commit_every: int = 5) -> 
             "--commit-every", str(commit_every), "--batch-size", "2", "--workers", "1"]
 
 
-def start_cli(*args: str) -> subprocess.Popen:
+def start_cli(*args: str, **popen_kwargs) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     return subprocess.Popen([sys.executable, "-m", "objsearch", *args], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen_kwargs)

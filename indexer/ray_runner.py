@@ -1,0 +1,212 @@
+"""Indexing on Ray Data: decode in CPU tasks, embed in a pool of model actors, commit here.
+
+The driver (the process running ``objsearch index --ray``, which holds the index's writer lock)
+plans the work as a local run does and hands the pending files to Ray Data: ``_decode_batch`` reads
+and decodes them in CPU tasks with the same safe decoding (``decode.load_file``); a pool of
+``_EmbedParts`` actors, each loading the model once (one GPU each where the cluster has GPUs), turns
+each batch into one part in the index's staging folder (``parts``) and returns one small row per
+file: its part, or why its batch failed. The driver commits parts as they arrive
+(``staged.PartCommitter``, every ``commit_every`` images).
+
+What happens on failure:
+- a worker process or a node is lost: Ray restarts the actor and reruns its unfinished batches
+  (Ray Data's defaults for actor pools); a batch that had written its part before dying writes a
+  second one, and the driver takes each file once;
+- the model raises on a batch: that batch's files come back as failed, are reported, and are not
+  recorded; the next run embeds them again;
+- the driver is killed (its actors die with it): parts written but not committed stay in staging,
+  and the next run (on Ray or not) commits them without embedding them again, then does the rest.
+
+Every node must see the photos, the index folder (its staging folder) and the model at the same
+paths, and have objsearch installed (``pip install 'objsearch[ray]'``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import socket
+import time
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from indexer.decode import DecodeResult, load_file
+from indexer.discover import FileStat
+from indexer.parts import write_part
+from indexer.staged import PartCommitter
+from indexer.work import embed_decoded, image_record
+from objsearch.embedders.base import load_embedder
+from objsearch.embedders.batch_size import DEFAULT_BATCH_SIZE, choose_batch_size
+from objsearch.errors import ObjsearchError, first_line
+from objsearch.image_decode import DecodedImage
+from objsearch.store.manifest import EmbedderInfo, check_same_model
+
+logger = logging.getLogger(__name__)
+
+CPUS_PER_ACTOR = 4  # model actors without GPUs: threads per actor (one CPU is always left for decoding)
+GPU_FILES_PER_PART = 64  # files per batch (= per part) when the actors have GPUs; CPU: DEFAULT_BATCH_SIZE
+
+
+def index_on_ray(address: str, work: list[FileStat], committer: PartCommitter, staging: Path,
+                 embedder: EmbedderInfo, options) -> None:
+    """Decode and embed ``work`` on the Ray cluster at ``address`` ("local": start one on this
+    machine; "auto": the cluster this machine is part of; or "host:port" / "ray://host:port"),
+    staging the results through ``committer``. ``options``: the run's ``IndexOptions``."""
+    ray = _import_ray()
+    started = time.perf_counter()
+    owned = _connect(ray, address)
+    committer.summary.stage_seconds["ray_start"] += time.perf_counter() - started
+    try:
+        dataset = _dataset(ray, work, staging, embedder, options)
+        _commit_as_they_come(ray, dataset, committer, staging, len(work), options.progress)
+    finally:
+        if owned:
+            ray.shutdown()
+
+
+def _import_ray():
+    try:
+        import ray
+        import ray.data  # noqa: F401  (the Data library is a separate extra of Ray)
+    except ImportError:
+        raise ObjsearchError("--ray needs Ray Data: pip install 'objsearch[ray]'") from None
+    return ray
+
+
+def _connect(ray, address: str) -> bool:
+    """Join or start a cluster; True when this call started the connection (and must end it)."""
+    if ray.is_initialized():
+        return False
+    # Ray's C++ core logs, on every run, an error line about how Ray Data passes actor arguments
+    # (ray-project/ray#53727): keep its log for fatal problems unless the user chose a level; our
+    # failures reach the user as exceptions. The token notice is said on every start, with nothing to do.
+    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+    if address not in ("local", "auto"):
+        _check_reachable(address)
+    try:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False,
+                 logging_level=logging.WARNING, configure_logging=False)
+    except (ConnectionError, ValueError, RuntimeError) as exc:
+        raise ObjsearchError(f"cannot use the Ray cluster at {address!r}: {first_line(exc)}") from None
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False  # this process shows one bar of its own
+    logging.getLogger("ray.data").setLevel(logging.ERROR)  # per-run execution plans, at INFO
+    return True
+
+
+def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """ObjsearchError unless something listens at ``address`` ("host:port" or "ray://host:port"):
+    Ray itself keeps retrying an address where nothing answers, for minutes."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise ObjsearchError(f"--ray wants 'local', 'auto', HOST:PORT or ray://HOST:PORT, got {address!r}")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise ObjsearchError(f"cannot reach the Ray cluster at {address}: {exc.strerror or exc}") from None
+
+
+def _plan_actors(ray, options) -> tuple[int, dict, int]:
+    """(actors, Ray resources per actor, files per batch) for the cluster's resources."""
+    resources = ray.cluster_resources()
+    gpus, cpus = int(resources.get("GPU", 0)), max(1, int(resources.get("CPU", 1)))
+    if gpus:
+        actors = options.ray_actors or gpus
+        return actors, {"num_gpus": 1}, options.batch_size or GPU_FILES_PER_PART
+    spare = max(1, cpus - 1)  # one CPU stays free for the decoding tasks
+    actors = options.ray_actors or max(1, spare // CPUS_PER_ACTOR)
+    return actors, {"num_cpus": max(1, min(CPUS_PER_ACTOR, spare // actors))}, options.batch_size or DEFAULT_BATCH_SIZE
+
+
+def _dataset(ray, work: list[FileStat], staging: Path, embedder: EmbedderInfo, options):
+    actors, actor_resources, files_per_batch = _plan_actors(ray, options)
+    logger.info("Ray: %d model actors (%s each), %d files per batch", actors, actor_resources, files_per_batch)
+    items = [{"path": f.path, "fs_path": os.fsencode(f.fs_path), "file_size": f.file_size, "mtime_ns": f.mtime_ns} for f in work]
+    dataset = ray.data.from_items(items, override_num_blocks=max(1, math.ceil(len(items) / files_per_batch)))
+    dataset = dataset.map_batches(_decode_batch, fn_kwargs={"max_pixels": options.max_pixels, "max_side": options.max_side},
+                                  batch_size=files_per_batch, batch_format="numpy", num_cpus=1)
+    return dataset.map_batches(
+        _EmbedParts, fn_constructor_kwargs={"embedder": embedder.__dict__, "staging": str(staging)},
+        batch_size=files_per_batch, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=actors), **actor_resources)
+
+
+def _commit_as_they_come(ray, dataset, committer: PartCommitter, staging: Path, total: int, progress: bool) -> None:
+    bar = tqdm(total=total, unit="img", desc="indexing on Ray", disable=not progress)
+    seen: set[str] = set()
+    try:
+        for row in dataset.iter_rows():
+            bar.update(1)
+            if row["failure"]:
+                committer.fail(row["path"], row["failure"])
+            elif row["part"] not in seen:
+                seen.add(row["part"])
+                committer.add_part(staging / row["part"])
+    except ray.exceptions.RayError as exc:
+        cause = getattr(exc, "cause", None)
+        if isinstance(cause, ObjsearchError):
+            raise cause from None
+        raise ObjsearchError(f"the Ray run failed: {first_line(cause or exc)}") from None
+    finally:
+        bar.close()
+
+
+def _decode_batch(batch: dict[str, np.ndarray], *, max_pixels: int, max_side: int) -> dict[str, list]:
+    """Ray task: read, hash and decode a batch of files (``load_file``); pixels travel as bytes."""
+    out: dict[str, list] = {name: [] for name in ("path", "file_size", "mtime_ns", "content_hash", "error",
+                                                  "width", "height", "pixels", "pixel_shape")}
+    for path, fs_path, size, mtime in zip(batch["path"], batch["fs_path"], batch["file_size"], batch["mtime_ns"]):
+        result = load_file(FileStat(str(path), int(size), int(mtime), os.fsdecode(bytes(fs_path))), max_pixels, max_side)
+        image = result.image
+        out["path"].append(result.file.path)
+        out["file_size"].append(result.file.file_size)
+        out["mtime_ns"].append(result.file.mtime_ns)
+        out["content_hash"].append(result.content_hash)
+        out["error"].append(result.error or "")
+        out["width"].append(image.width if image else 0)
+        out["height"].append(image.height if image else 0)
+        out["pixels"].append(image.pixels.tobytes() if image else b"")
+        out["pixel_shape"].append(list(image.pixels.shape[:2]) if image else [0, 0])
+    return out
+
+
+def _decoded(batch: dict[str, np.ndarray], i: int) -> DecodeResult:
+    """Row ``i`` of a ``_decode_batch`` result, back as a ``DecodeResult``."""
+    file = FileStat(str(batch["path"][i]), int(batch["file_size"][i]), int(batch["mtime_ns"][i]))
+    error = str(batch["error"][i]) or None
+    image = None
+    if error is None:
+        height, width = (int(v) for v in batch["pixel_shape"][i])
+        pixels = np.frombuffer(batch["pixels"][i], np.uint8).reshape(height, width, 3)
+        image = DecodedImage(file.path, pixels, int(batch["width"][i]), int(batch["height"][i]))
+    return DecodeResult(file, str(batch["content_hash"][i]), image, error)
+
+
+class _EmbedParts:
+    """Ray actor: loads the model once; each call embeds a batch and writes it as one part."""
+
+    def __init__(self, embedder: dict, staging: str) -> None:
+        expected = EmbedderInfo(**embedder)
+        self.embedder = load_embedder(expected.source or expected.name)
+        self.info = EmbedderInfo.of(self.embedder, source=expected.source)
+        check_same_model(expected, self.info)  # the same model on every node
+        self.forward_batch = choose_batch_size(self.embedder)
+        self.staging = Path(staging)
+        if caveat := getattr(self.embedder, "indexing_caveat", None):
+            logger.warning("%s", caveat)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
+        results = [_decoded(batch, i) for i in range(len(batch["path"]))]
+        paths = [r.file.path for r in results]
+        try:
+            found = []
+            for start in range(0, len(results), self.forward_batch):
+                found += embed_decoded(self.embedder, results[start:start + self.forward_batch])
+        except Exception as exc:  # the model failed on this batch: its files are left for the next run
+            logger.exception("the model failed on a batch of %d files", len(results))
+            return {"path": paths, "part": [""] * len(paths), "failure": [f"the model failed on its batch: {first_line(exc)}"] * len(paths)}
+        part = write_part(self.staging, self.info, list(zip(map(image_record, results), found)))
+        return {"path": paths, "part": [part.name] * len(paths), "failure": [""] * len(paths)}
