@@ -1,10 +1,11 @@
 """Per-shard figures for a sharded index (the 1B-object design in docs/architecture.md), in one run.
 
-    python -m benchmarks.sharded_index [--objects 2000000] [--shards 4] [--nlist 4096] [--pq 64]
-                                       [--queries 200] [--out FILE]
+    python -m benchmarks.sharded_index [--objects 2000000] [--shards 4] [--nlist 4096] [--codes PQ64]
+                                       [--reranks 100 1000] [--queries 200] [--out FILE]
 
 A collection too large for one machine's memory is stored as shards that share one trained
-coarse quantizer and product quantizer (``IVF{nlist},PQ{pq}``, trained once on a sample), each
+coarse quantizer and codec (``IVF{nlist},{codes}``: PQ64 = 64 bytes an object, SQ8 = one byte a
+dimension; trained once on a sample), each
 shard filled with its own objects. This benchmark builds such shards at a scale this machine
 holds, on the weakly clustered 512-d vectors of ``benchmarks.ann`` (float16-rounded unit
 vectors, 20,000 clusters, noise 1.2), and measures what the design's arithmetic needs:
@@ -15,8 +16,8 @@ vectors, 20,000 clusters, noise 1.2), and measures what the design's arithmetic 
   exact top-k of the shards' answers) against the same objects in one index;
 - the shards merged into one index whose inverted lists are one memory-mapped file
   (``faiss.contrib.ondisk.merge_ondisk``, FAISS's ``OnDiskInvertedLists``): merge time, p50;
-- recall@10 against exact search, before and after re-ranking the top 100 PQ candidates with
-  the stored float16 embeddings (what objsearch keeps in its objects shards).
+- recall@10 against exact search, before and after re-ranking the top ``--reranks`` candidates
+  with the stored float16 embeddings (what objsearch keeps in its objects shards).
 """
 
 from __future__ import annotations
@@ -34,8 +35,7 @@ import numpy as np
 from benchmarks.ann import K, clustered_chunks, exact_top, object_ids, recall_at_k, timed_queries
 from benchmarks.provenance import commit, write_result
 
-RESULT = Path(__file__).parent / "results" / "sharded_index" / "2M_4shards.json"
-RERANK_CANDIDATES = 100
+RESULTS = Path(__file__).parent / "results" / "sharded_index"
 
 
 def _p50(latencies: list[float]) -> float:
@@ -48,11 +48,12 @@ def main() -> None:
     parser.add_argument("--shards", type=int, default=4)
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--nlist", type=int, default=4096)
-    parser.add_argument("--pq", type=int, default=64, help="PQ sub-quantizers: bytes per object code")
+    parser.add_argument("--codes", default="PQ64", help="FAISS codec after the IVF: PQ64, PQ128, SQ8, ...")
+    parser.add_argument("--reranks", type=int, nargs="+", default=[100, 1000], help="candidates re-ranked exactly")
     parser.add_argument("--train", type=int, default=200_000, help="training sample")
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--nprobes", type=int, nargs="+", default=[16, 64])
-    parser.add_argument("--out", type=Path, default=RESULT)
+    parser.add_argument("--out", type=Path, default=None, help="default: results/sharded_index/<objects>_<shards>shards_<codes>.json")
     args = parser.parse_args()
     code = commit()
 
@@ -66,11 +67,11 @@ def main() -> None:
     queries = np.concatenate([c.astype(np.float32) for c in clustered_chunks(**{**stream, "n": args.queries}, seed=99)])
     truth = exact_top(queries, clustered_chunks(**stream, seed=1))
     work = Path(tempfile.mkdtemp(prefix="objsearch-shards-"))
-    result: dict = {"objects": args.objects, "shards": args.shards, "dim": args.dim, "index_type": f"IVF{args.nlist},PQ{args.pq}",
+    result: dict = {"objects": args.objects, "shards": args.shards, "dim": args.dim, "index_type": f"IVF{args.nlist},{args.codes}",
                     "queries": args.queries, "data": "benchmarks.ann clustered_chunks: 20,000 clusters, noise 1.2, float16-rounded"}
     try:
         faiss.omp_set_num_threads(2)  # building uses the machine
-        trained = faiss.index_factory(args.dim, f"IVF{args.nlist},PQ{args.pq}", faiss.METRIC_INNER_PRODUCT)
+        trained = faiss.index_factory(args.dim, f"IVF{args.nlist},{args.codes}", faiss.METRIC_INNER_PRODUCT)
         started = time.perf_counter()
         trained.train(data[: args.train])
         result["train_s"] = round(time.perf_counter() - started, 1)
@@ -111,19 +112,19 @@ def main() -> None:
             one_shard_ids, one_shard = timed_queries(lambda q: shards[0].search(q[None], K)[1][0], queries)
             fanout_ids, fanned = timed_queries(lambda q: fanout.search(q[None], K)[1][0], queries)
             ondisk_ids, on_disk = timed_queries(lambda q: ondisk.search(q[None], K)[1][0], queries)
-            _, candidates = ondisk.search(queries, RERANK_CANDIDATES)
-            reranked = _rerank(queries, candidates, data, ids)
+            _, candidates = ondisk.search(queries, max(args.reranks))
             rows.append({
                 "nprobe": nprobe,
                 "one_shard_p50_ms": _p50(one_shard), "one_shard_objects": per_shard,
                 "fanout_p50_ms": _p50(fanned), "fanout_recall@10": round(recall_at_k(fanout_ids, truth), 4),
                 "ondisk_merged_p50_ms": _p50(on_disk), "ondisk_recall@10": round(recall_at_k(ondisk_ids, truth), 4),
                 "same_top10_fanout_vs_merged": float(np.mean(np.all(np.sort(fanout_ids, 1) == np.sort(ondisk_ids, 1), axis=1))),
-                f"rerank_top{RERANK_CANDIDATES}_float16_recall@10": round(recall_at_k(reranked, truth), 4),
+                **{f"rerank_top{n}_float16_recall@10": round(recall_at_k(_rerank(queries, candidates[:, :n], data, ids), truth), 4)
+                   for n in args.reranks},
             })
             print(json.dumps(rows[-1]))
         result["rows"] = rows
-        write_result(args.out, result, code=code)
+        write_result(args.out or RESULTS / f"{args.objects // 1_000_000}M_{args.shards}shards_{args.codes}.json", result, code=code)
         print(json.dumps(result, indent=2))
     finally:
         shutil.rmtree(work, ignore_errors=True)

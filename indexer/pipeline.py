@@ -119,7 +119,7 @@ def index_folders(
             from indexer.ray_runner import index_on_ray  # Ray is an optional extra
 
             index_on_ray(options.ray, work, committer, staging, info, options)
-            committer.take_staged(staging)  # parts of retried tasks that arrived twice or late
+            committer.take_staged(staging, recovered=False)  # parts of retried tasks that arrived twice or late
         elif work:
             if embedder is None:
                 embedder = load_embedder(info.source or info.name)

@@ -10,10 +10,11 @@ file: its part, or why its batch failed. The driver commits parts as they arrive
 
 What happens on failure:
 - a worker process or a node is lost: Ray restarts the actor and reruns its unfinished batches
-  (Ray Data's defaults for actor pools); a batch that had written its part before dying writes a
-  second one, and the driver takes each file once;
-- the model raises on a batch: that batch's files come back as failed, are reported, and are not
-  recorded; the next run embeds them again;
+  (up to BATCH_ATTEMPTS times; a batch that had written its part before dying writes a second
+  one, and the driver takes each file once); a batch given up on (a file that crashes the decoder
+  every time, say) is dropped and its files are reported as not indexed, for the next run;
+- the model raises on a batch: its files are tried one by one; those it fails on come back as
+  failed, are reported and not recorded, and the next run embeds them again;
 - the driver is killed (its actors die with it): parts written but not committed stay in staging,
   and the next run (on Ray or not) commits them without embedding them again, then does the rest.
 
@@ -28,6 +29,7 @@ import math
 import os
 import socket
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +49,8 @@ from objsearch.store.manifest import EmbedderInfo, check_same_model
 logger = logging.getLogger(__name__)
 
 CPUS_PER_ACTOR = 4  # model actors without GPUs: threads per actor (one CPU is always left for decoding)
+ACTOR_START_TIMEOUT_S = 600  # model actors that cannot start (no node fits them) end the run then
+BATCH_ATTEMPTS = 3  # a batch whose actor dies this many times (a file that crashes the decoder, say) is given up
 GPU_FILES_PER_PART = 64  # files per batch (= per part) when the actors have GPUs; CPU: DEFAULT_BATCH_SIZE
 
 
@@ -61,7 +65,7 @@ def index_on_ray(address: str, work: list[FileStat], committer: PartCommitter, s
     committer.summary.stage_seconds["ray_start"] += time.perf_counter() - started
     try:
         dataset = _dataset(ray, work, staging, embedder, options)
-        _commit_as_they_come(ray, dataset, committer, staging, len(work), options.progress)
+        _commit_as_they_come(ray, dataset, committer, staging, work, options.progress)
     finally:
         if owned:
             ray.shutdown()
@@ -94,7 +98,10 @@ def _connect(ray, address: str) -> bool:
         raise ObjsearchError(f"cannot use the Ray cluster at {address!r}: {first_line(exc)}") from None
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False  # this process shows one bar of its own
-    logging.getLogger("ray.data").setLevel(logging.ERROR)  # per-run execution plans, at INFO
+    context.raise_original_map_exception = True  # not a UserCodeException quoting the whole batch
+    context.max_errored_blocks = -1  # a batch given up on is dropped: its files are reported, redone next run
+    context.wait_for_min_actors_s = ACTOR_START_TIMEOUT_S  # actors that cannot be placed end the run
+    logging.getLogger("ray.data").setLevel(logging.CRITICAL)  # execution plans; errors, which reach the user as ours
     return True
 
 
@@ -111,15 +118,17 @@ def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
 
 
 def _plan_actors(ray, options) -> tuple[int, dict, int]:
-    """(actors, Ray resources per actor, files per batch) for the cluster's resources."""
-    resources = ray.cluster_resources()
-    gpus, cpus = int(resources.get("GPU", 0)), max(1, int(resources.get("CPU", 1)))
+    """(actors, Ray resources per actor, files per batch) for the cluster's nodes. Without GPUs an
+    actor takes up to CPUS_PER_ACTOR CPUs, no more than the smallest node can give while keeping
+    one for decoding, and each node gets as many as fit."""
+    nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+    gpus = sum(int(r.get("GPU", 0)) for r in nodes)
     if gpus:
-        actors = options.ray_actors or gpus
-        return actors, {"num_gpus": 1}, options.batch_size or GPU_FILES_PER_PART
-    spare = max(1, cpus - 1)  # one CPU stays free for the decoding tasks
-    actors = options.ray_actors or max(1, spare // CPUS_PER_ACTOR)
-    return actors, {"num_cpus": max(1, min(CPUS_PER_ACTOR, spare // actors))}, options.batch_size or DEFAULT_BATCH_SIZE
+        return options.ray_actors or gpus, {"num_gpus": 1}, options.batch_size or GPU_FILES_PER_PART
+    cpus = [max(1, int(r.get("CPU", 1))) for r in nodes] or [1]
+    per_actor = max(1, min(CPUS_PER_ACTOR, min(cpus) - 1))
+    actors = options.ray_actors or sum(max(1, (c - 1) // per_actor) for c in cpus)
+    return actors, {"num_cpus": per_actor}, options.batch_size or DEFAULT_BATCH_SIZE
 
 
 def _dataset(ray, work: list[FileStat], staging: Path, embedder: EmbedderInfo, options):
@@ -129,29 +138,48 @@ def _dataset(ray, work: list[FileStat], staging: Path, embedder: EmbedderInfo, o
     dataset = ray.data.from_items(items, override_num_blocks=max(1, math.ceil(len(items) / files_per_batch)))
     dataset = dataset.map_batches(_decode_batch, fn_kwargs={"max_pixels": options.max_pixels, "max_side": options.max_side},
                                   batch_size=files_per_batch, batch_format="numpy", num_cpus=1)
-    return dataset.map_batches(
-        _EmbedParts, fn_constructor_kwargs={"embedder": embedder.__dict__, "staging": str(staging)},
-        batch_size=files_per_batch, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=actors), **actor_resources)
+    with warnings.catch_warnings():
+        # Ray 2.60 deprecates extra remote arguments (to go in 2.64) with no other way yet to bound
+        # the retries of an actor pool's tasks (-1, for ever, by default); the extra pins Ray < 2.64.
+        warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated")
+        return dataset.map_batches(
+            _EmbedParts, fn_constructor_kwargs={"embedder": embedder.__dict__, "staging": str(staging)},
+            batch_size=files_per_batch, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=actors),
+            max_task_retries=BATCH_ATTEMPTS - 1, **actor_resources)
 
 
-def _commit_as_they_come(ray, dataset, committer: PartCommitter, staging: Path, total: int, progress: bool) -> None:
-    bar = tqdm(total=total, unit="img", desc="indexing on Ray", disable=not progress)
-    seen: set[str] = set()
+def _commit_as_they_come(ray, dataset, committer: PartCommitter, staging: Path, work: list[FileStat], progress: bool) -> None:
+    """Commit each part as its rows come back; files that never come back (their batch was given
+    up after BATCH_ATTEMPTS) are reported as not indexed."""
+    bar = tqdm(total=len(work), unit="img", desc="indexing on Ray", disable=not progress)
+    seen_parts: set[str] = set()
+    returned: set[str] = set()
     try:
         for row in dataset.iter_rows():
             bar.update(1)
+            returned.add(row["path"])
             if row["failure"]:
                 committer.fail(row["path"], row["failure"])
-            elif row["part"] not in seen:
-                seen.add(row["part"])
+            elif row["part"] not in seen_parts:
+                seen_parts.add(row["part"])
                 committer.add_part(staging / row["part"])
     except ray.exceptions.RayError as exc:
-        cause = getattr(exc, "cause", None)
-        if isinstance(cause, ObjsearchError):
-            raise cause from None
-        raise ObjsearchError(f"the Ray run failed: {first_line(cause or exc)}") from None
+        raise ObjsearchError(f"the Ray run failed: {_reason(exc)}") from None
     finally:
         bar.close()
+    for file in work:
+        if file.path not in returned:
+            committer.fail(file.path, f"its batch failed {BATCH_ATTEMPTS} times on the Ray workers (see Ray's logs)")
+
+
+def _reason(exc: BaseException) -> str:
+    """One line on why a Ray error happened: the exception it wraps, or the last line of its text
+    (an actor that died in its constructor carries that exception's traceback)."""
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, BaseException):
+        return _reason(cause)
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[-1] if lines else type(exc).__name__
 
 
 def _decode_batch(batch: dict[str, np.ndarray], *, max_pixels: int, max_side: int) -> dict[str, list]:
@@ -180,7 +208,7 @@ def _decoded(batch: dict[str, np.ndarray], i: int) -> DecodeResult:
     image = None
     if error is None:
         height, width = (int(v) for v in batch["pixel_shape"][i])
-        pixels = np.frombuffer(batch["pixels"][i], np.uint8).reshape(height, width, 3)
+        pixels = np.frombuffer(batch["pixels"][i], np.uint8).reshape(height, width, 3).copy()  # writable, as decoding gives
         image = DecodedImage(file.path, pixels, int(batch["width"][i]), int(batch["height"][i]))
     return DecodeResult(file, str(batch["content_hash"][i]), image, error)
 
@@ -200,13 +228,25 @@ class _EmbedParts:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
         results = [_decoded(batch, i) for i in range(len(batch["path"]))]
-        paths = [r.file.path for r in results]
+        rows, failures = [], []
         try:
             found = []
             for start in range(0, len(results), self.forward_batch):
                 found += embed_decoded(self.embedder, results[start:start + self.forward_batch])
-        except Exception as exc:  # the model failed on this batch: its files are left for the next run
-            logger.exception("the model failed on a batch of %d files", len(results))
-            return {"path": paths, "part": [""] * len(paths), "failure": [f"the model failed on its batch: {first_line(exc)}"] * len(paths)}
-        part = write_part(self.staging, self.info, list(zip(map(image_record, results), found)))
-        return {"path": paths, "part": [part.name] * len(paths), "failure": [""] * len(paths)}
+            rows = list(zip(map(image_record, results), found))
+        except Exception:  # find the file(s) the model fails on: the others are indexed
+            logger.exception("the model failed on a batch of %d files; trying them one by one", len(results))
+            for result in results:
+                try:
+                    rows.append((image_record(result), embed_decoded(self.embedder, [result])[0]))
+                except Exception as exc:
+                    failures.append((result.file.path, f"the model failed on it: {first_line(exc)}"))
+        part = ""
+        if rows:
+            try:
+                part = write_part(self.staging, self.info, rows).name
+            except OSError as exc:
+                failures += [(record.path, f"cannot write its part in {self.staging}: {exc.strerror or exc}") for record, _ in rows]
+                rows = []
+        paths = [record.path for record, _ in rows] + [path for path, _ in failures]
+        return {"path": paths, "part": [part] * len(rows) + [""] * len(failures), "failure": [""] * len(rows) + [reason for _, reason in failures]}

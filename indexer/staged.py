@@ -11,13 +11,17 @@ only after the commit that holds all its rows, so a crash at any moment loses no
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import pyarrow as pa
+
 from indexer.discover import FileStat
 from indexer.parts import list_parts, part_embedder, read_part
 from objsearch.embedders.base import Detections
+from objsearch.errors import first_line
 from objsearch.store.commit import ImageRecord, IndexWriter
 
 logger = logging.getLogger(__name__)
@@ -35,6 +39,8 @@ class PartCommitter:
         self._commit_every = commit_every
         self._since_commit = 0
         self._parts_to_delete: list[Path] = []
+        self._taken: set[str] = set()  # paths staged by this run
+        self._known: dict[str, tuple[int, int]] | None = None  # committed (size, mtime) by path, read when needed
 
     @property
     def remaining(self) -> list[FileStat]:
@@ -48,6 +54,7 @@ class PartCommitter:
         if file is None or (file.file_size, file.mtime_ns) != (record.file_size, record.mtime_ns):
             return False
         del self._pending[record.path]
+        self._taken.add(record.path)
         if record.path in self._replaces:
             self.writer.remove_images([self._replaces[record.path]])
         self.writer.add_image(record, detections)
@@ -66,32 +73,60 @@ class PartCommitter:
             self.commit()
         return True
 
-    def add_part(self, path: Path, *, recovered: bool = False) -> int:
-        """Stage a part's rows (those still pending); the part is deleted after the commit that
-        holds them. Returns the rows taken."""
-        taken = sum(self.stage(record, detections, recovered=recovered) for record, detections in read_part(path))
-        self._parts_to_delete.append(path)
-        return taken
+    def add_part(self, path: Path, *, recovered: bool = False, keep_if_useful: bool = False) -> int:
+        """Stage a part's rows (those still pending); returns the rows taken. The part is deleted
+        after the commit that holds them, unless ``keep_if_useful`` and it holds rows for files
+        outside this run that nothing has indexed yet (another folder, an --exclude)."""
+        try:
+            rows = list(read_part(path))
+        except (OSError, ValueError, pa.ArrowException) as exc:  # written durably, so only a damaged disk gets here
+            logger.warning("deleting unreadable staged part %s: %s", path.name, first_line(exc))
+            path.unlink(missing_ok=True)
+            return 0
+        left = [record for record, detections in rows if not self.stage(record, detections, recovered=recovered)]
+        if keep_if_useful and any(self._useful_elsewhere(record) for record in left):
+            logger.info("keeping staged part %s: it holds files this run does not cover", path.name)
+        else:
+            self._parts_to_delete.append(path)
+        return len(rows) - len(left)
+
+    def _useful_elsewhere(self, record: ImageRecord) -> bool:
+        """Whether a row this run did not take could still be committed by another run: its file
+        is on disk as the row saw it, and the index holds no such version of it."""
+        if record.path in self._taken:
+            return False
+        if self._known is None:
+            self._known = {path: (r.file_size, r.mtime_ns) for path, r in self.writer.known_images().items()}
+        if self._known.get(record.path) == (record.file_size, record.mtime_ns):
+            return False
+        try:
+            stat = os.stat(record.path)
+        except OSError:
+            return False
+        return (stat.st_size, stat.st_mtime_ns) == (record.file_size, record.mtime_ns)
 
     def fail(self, path: str, reason: str) -> None:
         """A file this run could not embed (not the file's fault): reported, left for the next run."""
         self.summary.failed.append((path, reason))
         logger.warning("not indexed this run: %s: %s", path, reason)
 
-    def take_staged(self, folder: Path) -> int:
-        """Stage every part in ``folder`` that an earlier run (or another process) left, made by the
-        index's embedder; parts of another embedder, unreadable ones and those with nothing pending
-        are deleted. Returns the rows taken."""
+    def take_staged(self, folder: Path, *, recovered: bool = True) -> int:
+        """Stage the parts in ``folder`` that other processes (an earlier run, a batch scheduler's
+        tasks, this run's retried tasks: ``recovered=False``) left, made by the index's embedder.
+        Parts of another embedder are deleted (they can never be committed here), and parts of
+        which nothing is pending unless they hold work for other runs. Returns the rows taken."""
         expected = self.writer.manifest.embedder
         taken = 0
         for path in list_parts(folder):
+            if path in self._parts_to_delete:  # already taken by this run
+                continue
             made_by = part_embedder(path)
             if made_by is None or not made_by.same_model(expected):
                 logger.warning("deleting staged part %s: %s", path.name, "unreadable" if made_by is None else f"made by another model ({made_by.name})")
                 path.unlink(missing_ok=True)
                 continue
-            taken += self.add_part(path, recovered=True)
-        if taken:
+            taken += self.add_part(path, recovered=recovered, keep_if_useful=True)
+        if taken and recovered:
             logger.info("took %d files from parts staged by an earlier run", taken)
         return taken
 

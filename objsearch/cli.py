@@ -158,9 +158,14 @@ def index(
     for path, reason in summary.skipped:
         typer.echo(f"  skipped {path}: {reason}")
     if summary.failed:
-        for path, reason in summary.failed:
+        for path, reason in summary.failed[:MAX_LISTED_FAILURES]:
             typer.echo(f"  not indexed {path}: {reason}")
+        if len(summary.failed) > MAX_LISTED_FAILURES:
+            typer.echo(f"  ... and {len(summary.failed) - MAX_LISTED_FAILURES} more not indexed")
         raise ObjsearchError(f"{len(summary.failed)} files were not indexed (see above); run the same command again to retry them")
+
+
+MAX_LISTED_FAILURES = 50  # files listed as not indexed; the rest are counted
 
 
 def _parse_box(text: str) -> tuple[float, float, float, float]:

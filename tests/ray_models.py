@@ -3,7 +3,8 @@
 ``FlakyBlobEmbedder`` is the blob embedder (same name, version and dimension, so an index it starts
 is finished by the plain one) that, when the test's environment asks for it:
 - ``OBJSEARCH_TEST_DIE_ONCE=FILE``: kills its own process at its first batch, once (FILE marks it);
-- ``OBJSEARCH_TEST_FAIL_WIDTH=W``: raises on any batch holding an image W pixels wide.
+- ``OBJSEARCH_TEST_FAIL_WIDTH=W``: raises on any batch holding an image W pixels wide;
+- ``OBJSEARCH_TEST_BROKEN_LOAD=1``: cannot be loaded at all.
 The environment reaches the actors because a local Ray's workers inherit the driver's.
 """
 
@@ -30,4 +31,7 @@ class FlakyBlobEmbedder(SlowBlobEmbedder):
 
 
 def flaky(*, device: str | None = None) -> FlakyBlobEmbedder:
+    """``OBJSEARCH_TEST_BROKEN_LOAD=1``: the model cannot be loaded (as on a node that lacks it)."""
+    if os.environ.get("OBJSEARCH_TEST_BROKEN_LOAD"):
+        raise RuntimeError("injected: the model's files are missing on this node")
     return FlakyBlobEmbedder()

@@ -74,6 +74,20 @@ def test_a_part_of_another_model_is_not_committed(tmp_path):
     assert list_parts(staging_dir(root)) == []
 
 
+def test_a_part_holding_work_of_another_folder_is_kept_for_its_run(tmp_path):
+    first, second = tmp_path / "a", tmp_path / "b"
+    make_dataset(first, 3)
+    make_dataset(second, 3, seed=1)
+    root = tmp_path / "idx"
+    index_files(pending_files([first, second], root), staging_dir(root), BLOBS)  # one part for both folders
+    counting = CountingBlobs()
+    options = IndexOptions(progress=False, workers=1)
+    assert index_folders([first], root, embedder=counting, model=BLOBS, options=options).recovered == 3
+    assert len(list_parts(staging_dir(root))) == 1, "the other folder's finished work was deleted"
+    assert index_folders([second], root, embedder=counting, model=BLOBS, options=options).recovered == 3
+    assert counting.embedded == 0 and list_parts(staging_dir(root)) == []
+
+
 def _objects_by_file(root, model) -> tuple[list, list]:
     with open_index(root, model=model) as idx:
         objects = idx.sql("SELECT i.path, o.x1, o.y1, o.x2, o.y2, o.label, o.caption, o.score, o.embedding "
@@ -135,7 +149,7 @@ def test_killed_ray_driver_loses_only_unfinished_work(tmp_path):
     assert list_parts(staging_dir(root)) == []
 
 
-def test_lost_worker_is_retried_and_a_failing_batch_is_redone_by_the_next_run(tmp_path):
+def test_lost_worker_is_retried_and_a_file_the_model_fails_on_is_redone_by_the_next_run(tmp_path):
     folder = tmp_path / "imgs"
     make_dataset(folder, 40)
     Image.new("RGB", (97, 61), "white").save(folder / "odd.png")
@@ -149,15 +163,14 @@ def test_lost_worker_is_retried_and_a_failing_batch_is_redone_by_the_next_run(tm
     assert marker.exists(), "the actor was never killed"
     assert first.returncode == 1, first.stdout + first.stderr[-3000:]
     failed = [line for line in first.stdout.splitlines() if line.startswith("  not indexed ")]
-    assert any("odd.png" in line and "injected failure" in line for line in failed)
-    assert len(failed) <= 4  # only the failing batch
+    assert len(failed) == 1 and "odd.png" in failed[0] and "injected failure" in failed[0]  # its batch's other files are indexed
     assert "run the same command again" in first.stderr
     with open_index(root, model=build_blobs()) as idx:
-        assert idx.manifest.counts["images"] == 41 - len(failed)  # the lost worker's batch was rerun by Ray
+        assert idx.manifest.counts["images"] == 40  # the lost worker's batch was rerun by Ray
 
     second = run_cli(*args, timeout=600)
     assert second.returncode == 0, second.stderr[-3000:]
-    assert f"indexed {len(failed)} images" in second.stdout
+    assert "indexed 1 images" in second.stdout
     assert snapshot(root) == expected
 
 
@@ -177,3 +190,20 @@ def test_a_bad_or_unreachable_ray_address_is_a_one_line_error(tmp_path):
         result = run_cli("index", str(folder), "--index", str(tmp_path / "idx"), "--model", BLOBS, "--ray", address, timeout=120)
         assert result.returncode == 1 and message in result.stderr and "Traceback" not in result.stderr, result.stderr
         assert time.time() - started < 60
+
+
+def test_a_model_that_cannot_load_on_the_workers_ends_the_run_with_its_reason(tmp_path):
+    first, second = tmp_path / "a", tmp_path / "b"
+    make_dataset(first, 2)
+    make_dataset(second, 2, seed=1)
+    root = tmp_path / "idx"
+    assert run_cli("index", str(first), "--index", str(root), "--model", FLAKY, "--no-progress").returncode == 0
+    started = time.time()
+    # The driver does not load the index's model; the actors cannot.
+    result = run_cli("index", str(second), "--index", str(root), "--no-progress", "--ray", "local", timeout=300,
+                     env_extra={"OBJSEARCH_TEST_BROKEN_LOAD": "1"})
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == "error: the Ray run failed: RuntimeError: injected: the model's files are missing on this node"
+    assert time.time() - started < 120
+    with open_index(root, model=build_blobs()) as idx:
+        assert idx.manifest.counts["images"] == 2
