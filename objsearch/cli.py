@@ -181,7 +181,7 @@ def _parse_box(text: str) -> tuple[float, float, float, float]:
 @app.command()
 @_friendly_errors
 def query(
-    text: Annotated[str | None, typer.Argument(help="What to look for, e.g. 'red umbrella'.", show_default=False)] = None,
+    text: Annotated[str | None, typer.Argument(help="What to look for, e.g. 'red umbrella', or terms combined: '2:dog + @123 - grass' (@ID an indexed object, @FILE[x1,y1,x2,y2] an image region).", show_default=False)] = None,
     image: Annotated[Path | None, typer.Option("--image", help="Find objects like this image (or a --box of it).")] = None,
     box: Annotated[str | None, typer.Option("--box", help="x1,y1,x2,y2 pixels of --image.")] = None,
     object_id: Annotated[int | None, typer.Option("--object", help="Find objects like this indexed object id.")] = None,
@@ -206,7 +206,7 @@ def query(
     options = dict(where=where, min_score=min_score, per_image=per_image)
     with open_index(index_path, model=model, time_limit_s=time_limit) as idx:
         if text is not None:
-            hits, title = idx.search_text(text, top_k, **options), text
+            hits, title = idx.search(text, top_k, **options), text
         elif image is not None:
             hits, title = idx.search_region(image, _parse_box(box) if box else None, top_k, **options), f"like {image}"
         else:

@@ -18,6 +18,7 @@ import numpy as np
 from objsearch.embedders.base import ObjectEmbedder, load_embedder
 from objsearch.errors import BadQuery, IndexCorrupt, NotFound
 from objsearch.hits import Hit
+from objsearch.query import Query, combine
 from objsearch.store.catalog import DEFAULT_TIME_LIMIT_S, Catalog
 from objsearch.store.gc import ReaderLease, leased_manifest
 from objsearch.store.layout import resolve_index_path
@@ -76,12 +77,36 @@ class Index:
         embedding = self.embedder.embed_texts([query])[0]
         return self.search_embedding(embedding, k, **options)
 
+    def search(self, query: Query | str, k: int = 10, **options) -> list[Hit]:
+        """Objects best matching a composed query (``objsearch.query``: weighted text, object and
+        region terms added and subtracted), given as a ``Query`` or its text. Objects named in
+        the query are left out of the results. Options as ``search_embedding``."""
+        query = (Query.parse(query) if isinstance(query, str) else query).check()
+        texts = [i for i, term in enumerate(query.terms) if term.kind == "text"]
+        embeddings: list[np.ndarray | None] = [None] * len(query.terms)
+        if texts:
+            for i, embedding in zip(texts, self.embedder.embed_texts([_check_text(query.terms[i].text) for i in texts])):
+                embeddings[i] = embedding
+        for i, term in enumerate(query.terms):
+            if term.kind == "object":
+                embeddings[i] = self._object_embedding(term.object_id)
+            elif term.kind == "region":
+                from objsearch.image_decode import decode_image
+
+                embeddings[i] = self._region_embedding(decode_image(term.image), term.box)
+        named = tuple(t.object_id for t in query.terms if t.object_id is not None)
+        combined = combine(np.stack(embeddings), np.array([t.weight for t in query.terms]))
+        return self.search_embedding(combined, k, exclude=tuple(set(named) | set(options.pop("exclude", ()))), **options)
+
     def search_object(self, object_id: int, k: int = 10, **options) -> list[Hit]:
         """Objects most similar to an indexed object (the object itself is left out)."""
+        return self.search_embedding(self._object_embedding(object_id), k, exclude=(int(object_id),), **options)
+
+    def _object_embedding(self, object_id: int) -> np.ndarray:
         embedding = self.vectors.reconstruct(int(object_id))
         if embedding is None:
             raise NotFound(f"no object with id {object_id} in this index")
-        return self.search_embedding(embedding, k, exclude=(int(object_id),), **options)
+        return embedding
 
     def search_region(self, image_path: str | os.PathLike, box_xyxy: Sequence[float] | None = None, k: int = 10, **options) -> list[Hit]:
         """Objects most similar to a region (pixels, xyxy) of an image file; no box = the whole image."""
@@ -92,14 +117,16 @@ class Index:
     def search_pixels(self, decoded: DecodedImage, box_xyxy: Sequence[float] | None = None, k: int = 10, **options) -> list[Hit]:
         """Objects most similar to a region (pixels of the original image, xyxy) of a decoded image
         (``objsearch.image_decode``); no box = the whole image."""
+        return self.search_embedding(self._region_embedding(decoded, box_xyxy), k, **options)
+
+    def _region_embedding(self, decoded: DecodedImage, box_xyxy: Sequence[float] | None) -> np.ndarray:
         box = np.asarray(box_xyxy if box_xyxy is not None else (0, 0, decoded.width, decoded.height), dtype=np.float32)
         if box.shape != (4,) or not np.all(np.isfinite(box)):
             raise BadQuery("a box is four finite numbers: x1, y1, x2, y2 (pixels)")
         x1, y1, x2, y2 = box
         if not (0 <= x1 < x2 <= decoded.width and 0 <= y1 < y2 <= decoded.height):
             raise BadQuery(f"box {box.tolist()} is not inside the {decoded.width}x{decoded.height} image with x1 < x2 and y1 < y2")
-        embedding = self.embedder.embed_regions(decoded.pixels, box[None] * decoded.scale)[0]
-        return self.search_embedding(embedding, k, **options)
+        return self.embedder.embed_regions(decoded.pixels, box[None] * decoded.scale)[0]
 
     def search_embedding(
         self,

@@ -50,6 +50,13 @@ def test_query_json_and_filters(blob_index):
     assert len({h["path"] for h in per_image}) == len(per_image) == 6
 
 
+def test_a_composed_query_from_the_command_line(blob_index):
+    hits = json.loads(runner.invoke(app, ["query", "red + 2:blue", "--index", str(blob_index), "--json", "-k", "3"]).output)
+    assert [h["label"] for h in hits] == ["blue box"] * 3
+    hits = json.loads(runner.invoke(app, ["query", "2:red + blue", "--index", str(blob_index), "--json", "-k", "3"]).output)
+    assert [h["label"] for h in hits] == ["red box"] * 3
+
+
 def test_object_to_object_and_image_region_queries(blob_index, tmp_path):
     first = json.loads(runner.invoke(app, ["query", "blue", "--index", str(blob_index), "--json", "-k", "1"]).output)[0]
     like = runner.invoke(app, ["query", "--object", str(first["object_id"]), "--index", str(blob_index), "--json", "-k", "3"])
@@ -74,6 +81,8 @@ def test_object_to_object_and_image_region_queries(blob_index, tmp_path):
         (["query", "--image", "x.png", "--box", "1,2,3"], "--box wants four numbers"),
         (["query"], "give exactly one of"),
         (["query", "   "], "query text is empty"),
+        (["query", "red + "], "bad query at character 5"),
+        (["query", "red - @999999"], "no object with id 999999"),
         (["sql", "COPY objects TO '/tmp/stolen.csv'"], "only SELECT"),
         (["sql", "SELECT * FROM read_csv('/etc/passwd')"], "SQL error"),
         (["query", "red", "--model", "objsearch.datasets.blob_embedder:build_other"], "cannot be used with 'other-blobs'"),

@@ -68,6 +68,22 @@ def test_health_needs_no_token_and_everything_else_does(blob_root, client):
     assert client.get(f"{API}/info").status_code == 200
 
 
+def test_a_composed_query_works_and_cannot_name_a_server_file(client, blob_root, monkeypatch):
+    blue_first = client.get(f"{API}/search", params={"text": "red + 2:blue", "k": 3}).json()["hits"]
+    assert [hit["label"] for hit in blue_first] == ["blue box"] * 3
+    red = client.get(f"{API}/search", params={"text": "red", "k": 1}).json()["hits"][0]
+    shaped = client.post(f"{API}/search", json={"text": f"@{red['object_id']} - red", "k": 3}).json()["hits"]
+    assert "red box" not in [hit["label"] for hit in shaped]
+    import objsearch.image_decode
+
+    opened = []
+    monkeypatch.setattr(objsearch.image_decode, "decode_image", lambda *a, **k: opened.append(a))
+    some_file = next((blob_root / "imgs").iterdir())
+    assert "'@' names an indexed object id" in one_line_error(client.get(f"{API}/search", params={"text": f"red - @{some_file}"}), 400)
+    assert opened == []
+    assert "at character" in one_line_error(client.get(f"{API}/search", params={"text": "red + "}), 400)
+
+
 def test_info_and_labels(client):
     info = client.get(f"{API}/info").json()
     assert info["images"] == 8 and info["objects"] > 8 and info["model"]["name"] == "test-blobs"

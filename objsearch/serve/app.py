@@ -46,6 +46,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from objsearch.errors import BadImage, BadQuery, IndexCorrupt, IndexNotFound, NotFound, ObjsearchError, QueryTimeout, first_line
 from objsearch.hits import Hit
 from objsearch.image_decode import decode_image_bytes
+from objsearch.query import Query as ComposedQuery  # fastapi.Query is the query-string parameter
 from objsearch.search import MAX_QUERY_CHARS
 from objsearch.serve import media
 from objsearch.serve.limits import BodySizeLimit, TokenRequired
@@ -267,7 +268,7 @@ def _search(live: LiveIndex, request: SearchRequest) -> dict:
     with live.use() as index:
         deeper = depth + PAGE_MARGIN
         if request.text is not None:
-            hits = index.search_text(request.text, deeper, **options)
+            hits = index.search(_composed(request.text), deeper, **options)
         elif request.object_id is not None:
             hits = index.search_object(request.object_id, deeper, **options)
         else:
@@ -280,6 +281,15 @@ def _search(live: LiveIndex, request: SearchRequest) -> dict:
         "next_offset": depth if more else None, "took_ms": round((time.perf_counter() - started) * 1e3, 2),
         "generation": generation,
     }
+
+
+def _composed(text: str) -> ComposedQuery:
+    """The request's text as a composed query; a term naming an image file is refused: the
+    server reads no file a request names (an uploaded image is searched with ``image``)."""
+    query = ComposedQuery.parse(text)
+    if any(term.kind == "region" for term in query.terms):
+        raise BadQuery("in a query, '@' names an indexed object id here; to search with an image region, send it as 'image' (base64) with 'box'")
+    return query
 
 
 def _decode_upload(data: str):
