@@ -168,6 +168,22 @@ def index(
 MAX_LISTED_FAILURES = 50  # files listed as not indexed; the rest are counted
 
 
+OUTPUT_FORMATS = ("table", "json", "csv", "coco")
+
+
+def _export(hits, photos: Path | None, link: bool, crops: Path | None) -> None:
+    """Photos and crops of the hits into their folders; what was written goes to stderr, so the
+    hits printed on stdout stay machine-readable."""
+    from objsearch import export as exports
+
+    if photos is not None:
+        written = exports.export_photos(hits, photos, link=link)
+        typer.echo(f"{'linked' if link else 'copied'} {len(written)} photos into {photos}", err=True)
+    if crops is not None:
+        written = exports.export_crops(hits, crops)
+        typer.echo(f"wrote {len(written)} crops into {crops}", err=True)
+
+
 def _parse_box(text: str) -> tuple[float, float, float, float]:
     try:
         values = tuple(float(v) for v in text.split(","))
@@ -194,6 +210,10 @@ def query(
     index_path: IndexOption = None,
     model: Annotated[str | None, typer.Option("--model", help="Must be the model that built the index.")] = None,
     time_limit: TimeLimitOption = 30.0,
+    output_format: Annotated[str, typer.Option("--format", help="How to print the hits: table, json, csv, or coco (a COCO detection file).")] = "table",
+    export: Annotated[Path | None, typer.Option("--export", metavar="DIR", help="Copy the matched photos into DIR.")] = None,
+    link: Annotated[bool, typer.Option("--link", help="With --export: symlink the photos instead of copying them.")] = False,
+    crops: Annotated[Path | None, typer.Option("--crops", metavar="DIR", help="Write each matched object's crop into DIR as <object_id>.jpg.")] = None,
 ) -> None:
     """Search by TEXT, by an example region (--image [--box]) or by an indexed object (--object)."""
     from objsearch.search import open_index
@@ -203,6 +223,13 @@ def query(
         raise BadQuery("give exactly one of: a TEXT query, --image FILE, or --object ID")
     if box is not None and image is None:
         raise BadQuery("--box needs --image")
+    if output_format not in OUTPUT_FORMATS:
+        raise BadQuery(f"--format is one of {', '.join(OUTPUT_FORMATS)}, not {output_format!r}")
+    if as_json and output_format not in ("table", "json"):
+        raise BadQuery("--json and --format disagree; give one")
+    output_format = "json" if as_json else output_format
+    if link and export is None:
+        raise BadQuery("--link needs --export DIR")
     options = dict(where=where, min_score=min_score, per_image=per_image)
     with open_index(index_path, model=model, time_limit_s=time_limit) as idx:
         if text is not None:
@@ -215,8 +242,13 @@ def query(
         from objsearch.render import render_gallery
 
         render_gallery(hits, html, title=f"objsearch: {title}")
-    if as_json:
-        typer.echo(json.dumps([h.to_dict() for h in hits], indent=2))
+    _export(hits, export, link, crops)
+    if output_format != "table":
+        from objsearch import export as exports
+
+        formats = {"json": lambda: json.dumps([h.to_dict() for h in hits], indent=2), "csv": lambda: exports.hits_csv(hits).rstrip("\n"),
+                   "coco": lambda: exports.hits_coco_json(hits)}
+        typer.echo(formats[output_format]())
         return
     if not hits:
         typer.echo("no results")
