@@ -169,6 +169,7 @@ MAX_LISTED_FAILURES = 50  # files listed as not indexed; the rest are counted
 
 
 OUTPUT_FORMATS = ("table", "json", "csv", "coco")
+DEDUP_DEPTH = 4  # --dedup searches this many times deeper, so that k remain after dropping duplicates
 
 
 def _export(hits, photos: Path | None, link: bool, crops: Path | None) -> None:
@@ -214,6 +215,7 @@ def query(
     export: Annotated[Path | None, typer.Option("--export", metavar="DIR", help="Copy the matched photos into DIR.")] = None,
     link: Annotated[bool, typer.Option("--link", help="With --export: symlink the photos instead of copying them.")] = False,
     crops: Annotated[Path | None, typer.Option("--crops", metavar="DIR", help="Write each matched object's crop into DIR as <object_id>.jpg.")] = None,
+    dedup: Annotated[bool, typer.Option("--dedup", help="Show one object of each group of near-identical objects (similarity >= 0.95).")] = False,
 ) -> None:
     """Search by TEXT, by an example region (--image [--box]) or by an indexed object (--object)."""
     from objsearch.search import open_index
@@ -232,12 +234,17 @@ def query(
         raise BadQuery("--link needs --export DIR")
     options = dict(where=where, min_score=min_score, per_image=per_image)
     with open_index(index_path, model=model, time_limit_s=time_limit) as idx:
+        depth = top_k * DEDUP_DEPTH if dedup else top_k
         if text is not None:
-            hits, title = idx.search(text, top_k, **options), text
+            hits, title = idx.search(text, depth, **options), text
         elif image is not None:
-            hits, title = idx.search_region(image, _parse_box(box) if box else None, top_k, **options), f"like {image}"
+            hits, title = idx.search_region(image, _parse_box(box) if box else None, depth, **options), f"like {image}"
         else:
-            hits, title = idx.search_object(object_id, top_k, **options), f"like object {object_id}"
+            hits, title = idx.search_object(object_id, depth, **options), f"like object {object_id}"
+        if dedup:
+            from objsearch.duplicates import without_duplicates
+
+            hits = without_duplicates(idx, hits)[:top_k]
     if html:
         from objsearch.render import render_gallery
 
@@ -257,6 +264,34 @@ def query(
         typer.echo(f"{h.rank:>3}  {h.similarity:.3f}  {h.label:<16} [{x1},{y1},{x2},{y2}]  {h.path}  (object {h.object_id}: {h.caption})")
     if html:
         typer.echo(f"gallery: {html}")
+
+
+@app.command()
+@_friendly_errors
+def duplicates(
+    threshold: Annotated[float, typer.Option("--threshold", min=0.0, max=1.0, help="Objects at least this similar (cosine) are near-identical.")] = 0.95,
+    index_path: IndexOption = None,
+    as_json: JsonOption = False,
+    limit: Annotated[int, typer.Option("--limit", min=1, help="Groups to list, largest first.")] = 50,
+) -> None:
+    """List groups of near-identical objects (the same object in burst shots, copies, crops)."""
+    from objsearch.duplicates import duplicate_groups
+    from objsearch.search import open_index
+
+    with open_index(index_path) as idx:
+        groups = duplicate_groups(idx, threshold)
+        shown = [[idx.object(object_id) for object_id in group] for group in groups[:limit]]
+    if as_json:
+        typer.echo(json.dumps({"groups": len(groups), "objects": sum(map(len, groups)), "shown": shown}, indent=2))
+        return
+    typer.echo(f"{len(groups)} groups of near-identical objects ({sum(map(len, groups))} objects, similarity >= {threshold:g})")
+    for number, group in enumerate(shown, 1):
+        typer.echo(f"group {number}: {len(group)} objects")
+        for row in group:
+            box = ",".join(str(round(row[c])) for c in ("x1", "y1", "x2", "y2"))
+            typer.echo(f"  object {row['object_id']:<8} {row['label']:<16} [{box}]  {row['path']}")
+    if len(groups) > limit:
+        typer.echo(f"... and {len(groups) - limit} more groups (--limit)")
 
 
 @app.command()

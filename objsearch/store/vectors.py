@@ -407,6 +407,15 @@ class Searcher:
         selector = _selector(allowed_ids)
         return index.search(queries, k, params=self._params(selector))
 
+    def range_search(self, queries: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every live vector with inner product >= ``threshold`` with each query (IVF: in the lists
+        it scans) -> FAISS's (lims (Q+1,), scores, ids): query i's results are [lims[i]:lims[i+1]]."""
+        queries = np.ascontiguousarray(queries, dtype=np.float32).reshape(-1, self.index.d)
+        if self.live_count <= 0:
+            return np.zeros(len(queries) + 1, np.int64), np.zeros(0, np.float32), np.zeros(0, np.int64)
+        params = None if self._not_excluded is None else self._params(self._not_excluded[0])
+        return self.index.range_search(queries, float(threshold), params=params)
+
     def _params(self, selector):
         faiss = _faiss()
         inner = faiss.downcast_index(self.index)

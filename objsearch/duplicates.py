@@ -1,0 +1,83 @@
+"""Near-identical objects: the same object in burst shots, copies and crops of one photo.
+
+Two objects are near-identical when the cosine similarity of their embeddings is at least a
+threshold (DEFAULT_THRESHOLD). ``duplicate_groups`` finds every such pair with FAISS range
+searches (each object's vector against every segment; an IVF segment answers from the lists it
+scans, so the search is as exact as a query) and returns the connected components of the pairs
+(scipy), largest first. ``without_duplicates`` keeps the first hit of each group in a ranking.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Sequence
+
+import numpy as np
+
+from objsearch.hits import Hit
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_THRESHOLD = 0.95
+BATCH = 4096  # query vectors per range search
+
+
+def duplicate_groups(index, threshold: float = DEFAULT_THRESHOLD) -> list[list[int]]:
+    """Groups (2 objects or more) of object ids whose embeddings have a cosine similarity of at least
+    ``threshold`` with another of the group (chains included), largest group first, ids sorted.
+    ``index``: an open ``objsearch.search.Index``."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    segments = index.vectors
+    ids = segments.all_ids()
+    if len(ids) < 2:
+        return []
+    sources, targets = [], []
+    for number in range(len(segments.manifest.segments)):
+        searcher = segments.searcher(number)
+        own = searcher._ids()
+        for start in range(0, len(own), BATCH):
+            chunk = own[start:start + BATCH]
+            queries = searcher.index.reconstruct_batch(chunk)
+            found = _range_search_all(segments, queries, threshold)
+            for query_id, matches in zip(chunk, found):
+                matches = matches[matches != query_id]
+                sources.append(np.full(len(matches), query_id, np.int64))
+                targets.append(matches)
+    sources, targets = np.concatenate(sources), np.concatenate(targets)
+    position = np.searchsorted(ids, np.concatenate([sources, targets]))
+    n = len(ids)
+    graph = coo_matrix((np.ones(len(position) // 2, np.int8), (position[: len(sources)], position[len(sources):])), shape=(n, n))
+    count, labels = connected_components(graph, directed=False)
+    sizes = np.bincount(labels, minlength=count)
+    groups = [sorted(ids[labels == label].tolist()) for label in np.flatnonzero(sizes >= 2)]
+    groups.sort(key=lambda group: (-len(group), group[0]))
+    logger.info("%d groups of near-identical objects (threshold %.3f) among %d objects", len(groups), threshold, n)
+    return groups
+
+
+def _range_search_all(segments, queries: np.ndarray, threshold: float) -> list[np.ndarray]:
+    """For each query, the ids of every live object (all segments) at least ``threshold`` similar."""
+    per_query: list[list[np.ndarray]] = [[] for _ in range(len(queries))]
+    for number in range(len(segments.manifest.segments)):
+        lims, _, found = segments.searcher(number).range_search(queries, threshold)
+        for i in range(len(queries)):
+            per_query[i].append(found[lims[i]:lims[i + 1]])
+    return [np.concatenate(parts) if parts else np.zeros(0, np.int64) for parts in per_query]
+
+
+def without_duplicates(index, hits: Sequence[Hit], threshold: float = DEFAULT_THRESHOLD) -> list[Hit]:
+    """``hits`` minus every hit at least ``threshold`` similar to a better-ranked hit kept; ranks
+    renumbered. ``index``: the open ``Index`` the hits came from."""
+    kept: list[Hit] = []
+    kept_vectors: list[np.ndarray] = []
+    for hit in hits:
+        vector = index.vectors.reconstruct(hit.object_id)
+        if vector is not None and kept_vectors and float(np.max(np.stack(kept_vectors) @ vector)) >= threshold:
+            continue
+        kept.append(hit)
+        if vector is not None:
+            kept_vectors.append(vector)
+    return [dataclasses.replace(hit, rank=rank) for rank, hit in enumerate(kept, 1)]
