@@ -14,6 +14,20 @@ REPO = Path(__file__).resolve().parents[1]
 BLOBS = "objsearch.datasets.blob_embedder:build"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_cache(tmp_path_factory):
+    """The ONNX export of the text encoder (``objsearch.model.onnx_text``) goes to this session's
+    temporary folder, for this process and the CLI subprocesses, never to the user's cache."""
+    folder = tmp_path_factory.mktemp("cache")
+    previous = os.environ.get("OBJSEARCH_CACHE")
+    os.environ["OBJSEARCH_CACHE"] = str(folder)
+    yield folder
+    if previous is None:
+        os.environ.pop("OBJSEARCH_CACHE", None)
+    else:
+        os.environ["OBJSEARCH_CACHE"] = previous
+
+
 @pytest.fixture(scope="session")
 def sample_photos(tmp_path_factory) -> Path:
     from objsearch.samples import gather_sample_photos

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
 from collections import OrderedDict
 from pathlib import Path
 from typing import Sequence
@@ -32,26 +33,59 @@ def packaged_minilm_dir() -> Path | None:
     return path if (path / "config.json").is_file() else None
 
 
-class SentenceEncoder:
-    """texts -> (N, dim) float32 L2-normalised embeddings, with an LRU cache of ``cache_size`` strings."""
+TEXT_RUNTIME_ENV = "OBJSEARCH_TEXT_RUNTIME"  # "auto" (default), "onnx" or "torch"
 
-    def __init__(self, name_or_dir: str | Path | None = None, *, device: str | None = None,
-                 cache_size: int = 50_000, batch_size: int = 64) -> None:
+
+class TorchTextModel:
+    """texts -> (N, dim) float32 L2-normalised mean-pooled embeddings, on torch + transformers."""
+
+    def __init__(self, source: str | Path, device: str | None = None) -> None:
         import torch
         from transformers import AutoModel, AutoTokenizer
         from transformers.utils import logging as transformers_logging
 
         transformers_logging.disable_progress_bar()  # no "Loading weights" bar in library code
-
-        source = name_or_dir or packaged_minilm_dir() or MINILM_ID
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.tokenizer = AutoTokenizer.from_pretrained(str(source))
         self.model = AutoModel.from_pretrained(str(source)).to(self.device).eval()
         self.dim = int(self.model.config.hidden_size)
+
+    def __call__(self, texts: list[str]) -> np.ndarray:
+        import torch
+
+        batch = self.tokenizer(texts, padding=True, truncation=True, max_length=128, return_tensors="pt")
+        batch = {k: v.to(self.device) for k, v in batch.items()}
+        with torch.inference_mode():
+            hidden = self.model(**batch).last_hidden_state  # (B, T, dim)
+        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+        return torch.nn.functional.normalize(pooled, dim=-1).float().cpu().numpy()
+
+
+class SentenceEncoder:
+    """texts -> (N, dim) float32 L2-normalised embeddings, with an LRU cache of ``cache_size`` strings.
+
+    On the CPU with local weights (the packaged MiniLM) it runs on ONNX Runtime (``onnx_text``:
+    exported once, checked against torch to 1e-4 cosine), which spares a text query loading torch;
+    otherwise, or with ``$OBJSEARCH_TEXT_RUNTIME=torch``, on torch. ``runtime`` says which.
+    """
+
+    def __init__(self, name_or_dir: str | Path | None = None, *, device: str | None = None,
+                 cache_size: int = 50_000, batch_size: int = 64) -> None:
+        from objsearch.model.onnx_text import load_or_export
+
+        source = name_or_dir or packaged_minilm_dir() or MINILM_ID
+        wanted = os.environ.get(TEXT_RUNTIME_ENV, "auto")
+        model = None
+        if wanted != "torch" and device in (None, "cpu") and Path(str(source)).is_dir():
+            model = load_or_export(Path(str(source)))
+        self._model = model or TorchTextModel(source, device)
+        self.runtime = "onnx" if model is not None else "torch"
+        self.dim = self._model.dim
         self.batch_size = batch_size
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self._cache_size = cache_size
-        logger.info("sentence encoder %s loaded on %s (dim %d)", source, self.device, self.dim)
+        logger.info("sentence encoder %s on %s (dim %d)", source, self.runtime, self.dim)
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         """(len(texts), dim) float32, rows L2-normalised; repeated strings are computed once."""
@@ -74,12 +108,4 @@ class SentenceEncoder:
             self._cache.popitem(last=False)
 
     def _encode_uncached(self, texts: list[str]) -> np.ndarray:
-        import torch
-
-        batch = self.tokenizer(texts, padding=True, truncation=True, max_length=128, return_tensors="pt")
-        batch = {k: v.to(self.device) for k, v in batch.items()}
-        with torch.inference_mode():
-            hidden = self.model(**batch).last_hidden_state  # (B, T, dim)
-        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
-        return torch.nn.functional.normalize(pooled, dim=-1).float().cpu().numpy()
+        return self._model(texts)
