@@ -169,20 +169,22 @@ MAX_LISTED_FAILURES = 50  # files listed as not indexed; the rest are counted
 
 
 OUTPUT_FORMATS = ("table", "json", "csv", "coco")
+MAX_GROUP_MEMBERS_SHOWN = 20  # objects listed per duplicates group
 DEDUP_DEPTH = 4  # --dedup searches this many times deeper, so that k remain after dropping duplicates
 
 
 def _export(hits, photos: Path | None, link: bool, crops: Path | None) -> None:
     """Photos and crops of the hits into their folders; what was written goes to stderr, so the
     hits printed on stdout stay machine-readable."""
-    from objsearch import export as exports
+    if photos is None and crops is None:
+        return
+    from objsearch.export import export_files
 
+    written = export_files(hits, photos=photos, link=link, crops=crops)
     if photos is not None:
-        written = exports.export_photos(hits, photos, link=link)
-        typer.echo(f"{'linked' if link else 'copied'} {len(written)} photos into {photos}", err=True)
+        typer.echo(f"{'linked' if link else 'copied'} {len(written['photos'])} photos into {photos}", err=True)
     if crops is not None:
-        written = exports.export_crops(hits, crops)
-        typer.echo(f"wrote {len(written)} crops into {crops}", err=True)
+        typer.echo(f"wrote {len(written['crops'])} crops into {crops}", err=True)
 
 
 def _parse_box(text: str) -> tuple[float, float, float, float]:
@@ -215,7 +217,7 @@ def query(
     export: Annotated[Path | None, typer.Option("--export", metavar="DIR", help="Copy the matched photos into DIR.")] = None,
     link: Annotated[bool, typer.Option("--link", help="With --export: symlink the photos instead of copying them.")] = False,
     crops: Annotated[Path | None, typer.Option("--crops", metavar="DIR", help="Write each matched object's crop into DIR as <object_id>.jpg.")] = None,
-    dedup: Annotated[bool, typer.Option("--dedup", help="Show one object of each group of near-identical objects (similarity >= 0.95).")] = False,
+    dedup: Annotated[bool, typer.Option("--dedup", help="Drop each hit at least 0.95 similar to a better ranked hit shown, so nearly identical objects appear once.")] = False,
 ) -> None:
     """Search by TEXT, by an example region (--image [--box]) or by an indexed object (--object)."""
     from objsearch.search import open_index
@@ -269,7 +271,7 @@ def query(
 @app.command()
 @_friendly_errors
 def duplicates(
-    threshold: Annotated[float, typer.Option("--threshold", min=0.0, max=1.0, help="Objects at least this similar (cosine) are near-identical.")] = 0.95,
+    threshold: Annotated[float, typer.Option("--threshold", min=0.5, max=1.0, help="Objects at least this similar (cosine) are near-identical.")] = 0.95,
     index_path: IndexOption = None,
     as_json: JsonOption = False,
     limit: Annotated[int, typer.Option("--limit", min=1, help="Groups to list, largest first.")] = 50,
@@ -280,13 +282,14 @@ def duplicates(
 
     with open_index(index_path) as idx:
         groups = duplicate_groups(idx, threshold)
-        shown = [[idx.object(object_id) for object_id in group] for group in groups[:limit]]
+        shown = [[idx.object(object_id) for object_id in group[:MAX_GROUP_MEMBERS_SHOWN]] for group in groups[:limit]]
     if as_json:
         typer.echo(json.dumps({"groups": len(groups), "objects": sum(map(len, groups)), "shown": shown}, indent=2))
         return
     typer.echo(f"{len(groups)} groups of near-identical objects ({sum(map(len, groups))} objects, similarity >= {threshold:g})")
     for number, group in enumerate(shown, 1):
-        typer.echo(f"group {number}: {len(group)} objects")
+        size = len(groups[number - 1])
+        typer.echo(f"group {number}: {size} objects" + (f" (the first {len(group)} shown)" if size > len(group) else ""))
         for row in group:
             box = ",".join(str(round(row[c])) for c in ("x1", "y1", "x2", "y2"))
             typer.echo(f"  object {row['object_id']:<8} {row['label']:<16} [{box}]  {row['path']}")

@@ -41,31 +41,30 @@ def duplicate_groups(index, threshold: float = DEFAULT_THRESHOLD) -> list[list[i
         for start in range(0, len(own), BATCH):
             chunk = own[start:start + BATCH]
             queries = searcher.index.reconstruct_batch(chunk)
-            found = _range_search_all(segments, queries, threshold)
-            for query_id, matches in zip(chunk, found):
-                matches = matches[matches != query_id]
-                sources.append(np.full(len(matches), query_id, np.int64))
-                targets.append(matches)
+            for other in range(len(segments.manifest.segments)):
+                lims, _, found = segments.searcher(other).range_search(queries, at_least(threshold))
+                query_ids = np.repeat(chunk, np.diff(lims).astype(np.int64))
+                keep = found != query_ids
+                sources.append(query_ids[keep])
+                targets.append(found[keep])
     sources, targets = np.concatenate(sources), np.concatenate(targets)
     position = np.searchsorted(ids, np.concatenate([sources, targets]))
     n = len(ids)
     graph = coo_matrix((np.ones(len(position) // 2, np.int8), (position[: len(sources)], position[len(sources):])), shape=(n, n))
     count, labels = connected_components(graph, directed=False)
     sizes = np.bincount(labels, minlength=count)
-    groups = [sorted(ids[labels == label].tolist()) for label in np.flatnonzero(sizes >= 2)]
+    in_groups = np.flatnonzero(sizes[labels] >= 2)  # positions of objects in a group of 2 or more
+    order = in_groups[np.argsort(labels[in_groups], kind="stable")]  # by group, then by id
+    bounds = np.flatnonzero(np.diff(labels[order])) + 1
+    groups = [part.tolist() for part in np.split(ids[order], bounds)] if len(order) else []
     groups.sort(key=lambda group: (-len(group), group[0]))
     logger.info("%d groups of near-identical objects (threshold %.3f) among %d objects", len(groups), threshold, n)
     return groups
 
 
-def _range_search_all(segments, queries: np.ndarray, threshold: float) -> list[np.ndarray]:
-    """For each query, the ids of every live object (all segments) at least ``threshold`` similar."""
-    per_query: list[list[np.ndarray]] = [[] for _ in range(len(queries))]
-    for number in range(len(segments.manifest.segments)):
-        lims, _, found = segments.searcher(number).range_search(queries, threshold)
-        for i in range(len(queries)):
-            per_query[i].append(found[lims[i]:lims[i + 1]])
-    return [np.concatenate(parts) if parts else np.zeros(0, np.int64) for parts in per_query]
+def at_least(threshold: float) -> float:
+    """The radius for FAISS's inner-product range search, which keeps scores strictly above it."""
+    return float(np.nextafter(np.float32(threshold), np.float32(-np.inf)))
 
 
 def without_duplicates(index, hits: Sequence[Hit], threshold: float = DEFAULT_THRESHOLD) -> list[Hit]:
@@ -75,7 +74,7 @@ def without_duplicates(index, hits: Sequence[Hit], threshold: float = DEFAULT_TH
     kept_vectors: list[np.ndarray] = []
     for hit in hits:
         vector = index.vectors.reconstruct(hit.object_id)
-        if vector is not None and kept_vectors and float(np.max(np.stack(kept_vectors) @ vector)) >= threshold:
+        if vector is not None and kept_vectors and float(np.max(np.asarray(kept_vectors) @ vector)) >= threshold:
             continue
         kept.append(hit)
         if vector is not None:

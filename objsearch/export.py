@@ -23,47 +23,72 @@ CSV_COLUMNS = ("rank", "similarity", "object_id", "image_id", "path", "x1", "y1"
                "det_score", "image_width", "image_height")
 
 
-def export_photos(hits: Sequence[Hit], folder: str | os.PathLike, *, link: bool = False) -> list[Path]:
-    """Copy (or symlink, ``link``) each distinct photo of ``hits`` into ``folder`` (created if
-    needed); returns the files written, in rank order. Two photos with one file name are told
-    apart by their image id (``photo-<id>.jpg``)."""
+def export_files(hits: Sequence[Hit], *, photos: str | os.PathLike | None = None, link: bool = False,
+                 crops: str | os.PathLike | None = None) -> dict[str, list[Path]]:
+    """Copy (or symlink, ``link``) each distinct photo of ``hits`` into ``photos`` and write each
+    hit's object, cut at full resolution, as ``<object_id>.jpg`` into ``crops`` (folders created
+    if needed). Every name in both folders and every source photo is checked before anything is
+    written, and what was written is removed again if a write fails. Returns the files written,
+    {"photos": [...], "crops": [...]}, in rank order."""
     images: dict[int, str] = {}
     for hit in hits:
         images.setdefault(hit.image_id, hit.path)
-    names: dict[str, int] = {}
+    photo_targets = _prepare(photos, _photo_names(images)) if photos is not None else []
+    crop_targets = _prepare(crops, [f"{hit.object_id}.jpg" for hit in hits]) if crops is not None else []
+    missing = [path for path in images.values() if not Path(path).is_file()]
+    if missing:
+        raise ObjsearchError(f"{len(missing)} photo(s) are no longer where the index saw them, e.g. {missing[0]}; run `objsearch index` again (nothing was written)")
+    written: list[Path] = []
+    try:
+        for source, target in zip(images.values(), photo_targets):
+            _write_photo(Path(source), target, link)
+            written.append(target)
+        for hit, target in zip(hits, crop_targets):
+            _write_crop(hit, target)
+            written.append(target)
+    except BaseException:
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise
+    return {"photos": photo_targets, "crops": crop_targets}
+
+
+def _photo_names(images: dict[int, str]) -> list[str]:
+    """A file name for each photo, unique in the folder even where names differ only in case:
+    its own, or ``<stem>-<image id><suffix>`` when another photo has it."""
+    counts: dict[str, int] = {}
     for path in images.values():
-        names[Path(path).name] = names.get(Path(path).name, 0) + 1
-    targets = []
+        counts[Path(path).name.lower()] = counts.get(Path(path).name.lower(), 0) + 1
+    names, taken = [], set()
     for image_id, path in images.items():
         source = Path(path)
-        name = source.name if names[source.name] == 1 else f"{source.stem}-{image_id}{source.suffix}"
-        targets.append((source, name))
-    written = _prepare(folder, [name for _, name in targets])
-    for (source, _), target in zip(targets, written):
-        try:
-            if link:
-                os.symlink(source.resolve(), target)
-            else:
-                shutil.copy2(source, target)
-        except OSError as exc:
-            raise ObjsearchError(f"cannot {'link' if link else 'copy'} {source} to {target}: {exc.strerror or exc}") from None
-    return written
+        name = source.name if counts[source.name.lower()] == 1 else f"{source.stem}-{image_id}{source.suffix}"
+        while name.lower() in taken:  # a renamed photo meeting another's own name
+            name = f"{Path(name).stem}-{image_id}{source.suffix}"
+        taken.add(name.lower())
+        names.append(name)
+    return names
 
 
-def export_crops(hits: Sequence[Hit], folder: str | os.PathLike) -> list[Path]:
-    """Each hit's object, cut from its photo at full resolution, as ``<object_id>.jpg`` in
-    ``folder``; returns the files written, in rank order."""
+def _write_photo(source: Path, target: Path, link: bool) -> None:
+    try:
+        if link:
+            os.symlink(source.resolve(), target)
+        else:
+            shutil.copy2(source, target)
+    except OSError as exc:
+        raise ObjsearchError(f"cannot {'link' if link else 'copy'} {source} to {target}: {exc.strerror or exc}") from None
+
+
+def _write_crop(hit: Hit, target: Path) -> None:
     from objsearch.serve.media import crop_jpeg
 
-    written = _prepare(folder, [f"{hit.object_id}.jpg" for hit in hits])
-    for hit, target in zip(hits, written):
-        x1, y1, x2, y2 = hit.box_xyxy
-        data = crop_jpeg(hit.path, hit.box_xyxy, (hit.image_width, hit.image_height), max_side=int(max(x2 - x1, y2 - y1)) + 1)
-        try:
-            target.write_bytes(data)
-        except OSError as exc:
-            raise ObjsearchError(f"cannot write {target}: {exc.strerror or exc}") from None
-    return written
+    x1, y1, x2, y2 = hit.box_xyxy
+    data = crop_jpeg(hit.path, hit.box_xyxy, (hit.image_width, hit.image_height), max_side=int(max(x2 - x1, y2 - y1)) + 1)
+    try:
+        target.write_bytes(data)
+    except OSError as exc:
+        raise ObjsearchError(f"cannot write {target}: {exc.strerror or exc}") from None
 
 
 def hits_csv(hits: Sequence[Hit]) -> str:
@@ -110,6 +135,8 @@ def _prepare(folder: str | os.PathLike, names: Sequence[str]) -> list[Path]:
         raise ObjsearchError(f"cannot create {folder}: {exc.strerror or exc}") from None
     if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
         raise ObjsearchError(f"{folder} is not a folder this user can write to")
+    if len({name.lower() for name in names}) != len(names):
+        raise ValueError("export names must be unique")  # a bug, not the user's
     targets = [folder / name for name in names]
     clashes = [str(t) for t in targets if t.exists() or t.is_symlink()]
     if clashes:

@@ -29,8 +29,11 @@ from objsearch.errors import BadQuery
 
 MAX_TERMS = 16
 _OPERATOR = re.compile(r"(?:^|(?<=\s))([+-])(?=\s|$)")
-_WEIGHT = re.compile(r"^\s*([+-]?(?:\d+(?:\.\d*)?|\.\d+))\s*:")
-_BOX = re.compile(r"\[([^\]]*)\]\s*$")
+_WEIGHT = re.compile(r"^\s*([+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)\s*:")
+_OBJECT_ID = re.compile(r"[0-9]+")
+MIN_WEIGHT, MAX_WEIGHT = 1e-3, 1e3
+MAX_OBJECT_ID = 2**63 - 1
+_BOX = re.compile(r"\[([^\[\]]*)\]\s*$")
 
 
 @dataclass(frozen=True)
@@ -122,7 +125,9 @@ class Query:
 
 def combine(embeddings: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """The query embedding of terms: ``embeddings`` (T, D) unit rows, ``weights`` (T,) signed ->
-    (D,) float32, unit length. BadQuery when the terms cancel out."""
+    (D,) float32, unit length (one term: its embedding unchanged). BadQuery when terms cancel out."""
+    if len(embeddings) == 1:  # one term: its embedding as the model gives it (as a plain text search)
+        return np.asarray(embeddings[0], np.float32)
     total = (np.asarray(weights, np.float32)[:, None] * np.asarray(embeddings, np.float32)).sum(axis=0)
     norm = float(np.linalg.norm(total))
     if norm < 1e-6:
@@ -148,7 +153,9 @@ def _parse_term(text: str, start: int, end: int, sign: float) -> Term:
     if not atom.startswith("@"):
         return Term(weight=sign * weight, text=atom)
     reference = atom[1:]
-    if reference.isdigit():
+    if _OBJECT_ID.fullmatch(reference):
+        if int(reference) > MAX_OBJECT_ID:
+            raise _error(text, offset + 1, "no object has so large an id")
         return Term(weight=sign * weight, object_id=int(reference))
     box = None
     if found := _BOX.search(reference):
@@ -169,6 +176,8 @@ def _parse_term(text: str, start: int, end: int, sign: float) -> Term:
 def _checked_weight(weight: float) -> float:
     if not math.isfinite(weight) or weight <= 0:
         raise BadQuery(f"a weight is a positive number (use '-' to push a term away), got {weight:g}")
+    if not MIN_WEIGHT <= weight <= MAX_WEIGHT:
+        raise BadQuery(f"a weight is between {MIN_WEIGHT:g} and {MAX_WEIGHT:g}, got {weight:g}")
     return float(weight)
 
 

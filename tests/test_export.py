@@ -112,3 +112,21 @@ def test_crops_show_each_object_at_full_resolution(index, tmp_path):
         assert abs(crop.width - (x2 - x1)) <= 1 and abs(crop.height - (y2 - y1)) <= 1
         r, g, b = np.asarray(crop.convert("RGB"), np.float32).reshape(-1, 3).mean(axis=0)
         assert r > 150 and g < 110 and b < 110  # red
+
+
+def test_a_clash_in_the_crops_folder_or_a_vanished_photo_writes_nothing_anywhere(index, tmp_path):
+    expected = hits(index)
+    (tmp_path / "crops").mkdir()
+    (tmp_path / "crops" / f"{expected[0]['object_id']}.jpg").write_bytes(b"mine")
+    result = runner.invoke(app, ["query", "red", "--index", str(index), "-k", "8", "--export", str(tmp_path / "photos"), "--crops", str(tmp_path / "crops")])
+    assert result.exit_code == 1 and "already exist" in result.output
+    assert list((tmp_path / "photos").iterdir()) == [] and len(list((tmp_path / "crops").iterdir())) == 1
+    photo = expected[-1]["path"]
+    moved = tmp_path / "moved.png"
+    shutil.move(photo, moved)
+    try:
+        result = runner.invoke(app, ["query", "red", "--index", str(index), "-k", "8", "--export", str(tmp_path / "photos")])
+        assert result.exit_code == 1 and "no longer where the index saw them" in result.output
+        assert list((tmp_path / "photos").iterdir()) == []
+    finally:
+        shutil.move(moved, photo)

@@ -27,6 +27,9 @@ def test_terms_weights_and_signs_are_parsed():
     assert Query.parse("t-shirt + e-bike").terms == (Term(text="t-shirt"), Term(text="e-bike"))  # '-' inside a word
     assert Query.parse("- grass + dog").terms == (Term(-1.0, text="grass"), Term(text="dog"))
     assert Query.parse("@photo.jpg").terms == (Term(image="photo.jpg"),)
+    assert Query.parse("1e2:dog").terms == (Term(100.0, text="dog"),)
+    small = Query.text("dog", weight=1e-3)
+    assert Query.parse(str(small)) == small
 
 
 def test_the_builder_makes_what_the_parser_makes():
@@ -43,6 +46,8 @@ def test_the_builder_makes_what_the_parser_makes():
     ("@photo.jpg[1,2,x,4]", 12, "four numbers"),
     ("@[1,2,3,4]", 2, "object id or an image path"),
     ("- grass", None, "at least one positive term"),
+    ("2e9:dog", 1, "between 0.001 and 1000"),
+    ("@99999999999999999999999", 2, "so large an id"),
     ("", None, "empty"),
 ])
 def test_a_bad_query_says_where_and_why_in_one_line(text, where, words):

@@ -52,3 +52,15 @@ def test_torch_is_used_when_asked_or_when_onnx_cannot_be_cached(monkeypatch, tmp
     assert encoder.runtime == "torch"
     row = encoder.encode(["a dog"])[0]
     assert abs(float(np.linalg.norm(row)) - 1) < 1e-5
+
+
+def test_an_export_that_does_not_match_is_not_used_and_not_tried_again(monkeypatch, tmp_path):
+    import objsearch.model.onnx_text as onnx_text
+
+    monkeypatch.setenv("OBJSEARCH_CACHE", str(tmp_path))
+    monkeypatch.setattr(onnx_text, "MIN_COSINE", 2.0)  # no export can match
+    assert SentenceEncoder().runtime == "torch"
+    target = onnx_path_for(packaged_minilm_dir())
+    assert not target.exists() and target.with_suffix(".failed").is_file()
+    monkeypatch.setattr(onnx_text, "export", lambda *a: (_ for _ in ()).throw(AssertionError("exported again")))
+    assert SentenceEncoder().runtime == "torch"

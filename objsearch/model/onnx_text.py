@@ -21,11 +21,14 @@ from typing import Sequence
 
 import numpy as np
 
+from objsearch.store.layout import durable_write
+
 logger = logging.getLogger(__name__)
 
+EXPORT_VERSION = "1"  # raise when ``export`` or the checks change: older cached exports are then not used
 MAX_TOKENS = 128  # as the torch path truncates
 MIN_COSINE = 1 - 1e-4
-PROBE_TEXTS = ("a dog", "a red umbrella on the beach", "person riding a horse", "t-shirt", "an hourglass",
+PROBE_TEXTS = ("a dog", "A Red UMBRELLA on the Beach", "café crème, naïve Zoë", "赤い傘", "a red umbrella on the beach", "person riding a horse", "t-shirt", "an hourglass",
                "a small yellow star next to a large blue square, seen from above", "",
                "a brown dog " * 60)  # past MAX_TOKENS: truncated as torch truncates
 
@@ -39,10 +42,14 @@ def cache_dir() -> Path:
 
 
 def onnx_path_for(model_dir: Path) -> Path:
-    """Where the export of the weights in ``model_dir`` is cached (changes when they change)."""
-    weights = next((model_dir / name for name in ("model.safetensors", "pytorch_model.bin") if (model_dir / name).is_file()), model_dir)
-    stat = weights.stat()
-    key = hashlib.sha256(f"{weights.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    """Where the export of the model in ``model_dir`` is cached: a new name when its weights, config
+    or tokenizer change, or the way it is exported (EXPORT_VERSION)."""
+    parts = [EXPORT_VERSION, str(model_dir.resolve())]
+    for name in ("model.safetensors", "pytorch_model.bin", "config.json", "tokenizer.json"):
+        if (model_dir / name).is_file():
+            stat = (model_dir / name).stat()
+            parts.append(f"{name}:{stat.st_size}:{stat.st_mtime_ns}")
+    key = hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
     return cache_dir() / "onnx" / f"{model_dir.name}-{key}.onnx"
 
 
@@ -72,10 +79,11 @@ class OnnxTextModel:
         return (pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)).astype(np.float32)
 
 
-def load_or_export(model_dir: Path, torch_encode=None) -> OnnxTextModel | None:
-    """The ONNX model of the weights in ``model_dir``, exported and checked at first use
-    (``torch_encode``: texts -> the torch encoder's embeddings, for the check; it loads the
-    torch model when None). None, with a warning, when ONNX cannot serve these weights here."""
+def load_or_export(model_dir: Path, torch_model) -> OnnxTextModel | None:
+    """The ONNX model of the weights in ``model_dir``, exported and checked at first use against
+    ``torch_model()`` (the torch encoder, built only when an export is needed). None when ONNX
+    cannot serve these weights here: a warning says why once, and a failed export is remembered
+    (``<name>.failed`` beside it) so that later starts do not try again."""
     tokenizer_json = model_dir / "tokenizer.json"
     missing = [name for name in ("onnxruntime", "tokenizers") if importlib.util.find_spec(name) is None]
     if missing:
@@ -84,34 +92,42 @@ def load_or_export(model_dir: Path, torch_encode=None) -> OnnxTextModel | None:
     if not tokenizer_json.is_file():
         return None
     target = onnx_path_for(model_dir)
+    failed = target.with_suffix(".failed")
     if target.is_file():
         try:
             return OnnxTextModel(target, tokenizer_json)
         except Exception as exc:  # a damaged cache file: export it again
             logger.warning("cached ONNX text model %s unusable (%s); exporting again", target, exc)
+    elif failed.is_file():
+        logger.info("text encoder on torch: exporting it to ONNX failed before (%s)", failed)
+        return None
     try:
-        return _export_checked(model_dir, target, tokenizer_json, torch_encode)
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        logger.warning("text encoder on torch: no cache folder for its ONNX export (%s)", exc.strerror or exc)
+        return None
+    try:
+        durable_write(target, lambda tmp: _export_checked(model_dir, Path(tmp), torch_model()))
+        return OnnxTextModel(target, tokenizer_json)
     except Exception as exc:
-        logger.warning("text encoder on torch: exporting it to ONNX failed (%s)", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        logger.warning("text encoder on torch: exporting it to ONNX failed (%s)", reason)
+        try:
+            failed.write_text(reason + "\n")
+        except OSError:
+            pass
         return None
 
 
-def _export_checked(model_dir: Path, target: Path, tokenizer_json: Path, torch_encode) -> OnnxTextModel | None:
-    from objsearch.store.layout import durable_write
-
-    if torch_encode is None:
-        from objsearch.model.sentence_encoder import TorchTextModel
-
-        torch_encode = TorchTextModel(model_dir, device="cpu")
-    durable_write(target, lambda tmp: export(model_dir, Path(tmp)))
-    model = OnnxTextModel(target, tokenizer_json)
-    cosines = (model(PROBE_TEXTS) * torch_encode(list(PROBE_TEXTS))).sum(axis=1)
-    if float(cosines.min()) < MIN_COSINE:
-        target.unlink(missing_ok=True)
-        logger.warning("text encoder on torch: its ONNX export differs (cosine %.6f < %.6f)", float(cosines.min()), MIN_COSINE)
-        return None
-    logger.info("text encoder exported to %s (cosine to torch >= %.7f)", target, float(cosines.min()))
-    return model
+def _export_checked(model_dir: Path, out: Path, torch_encode) -> None:
+    """Export to ``out`` and raise unless it matches ``torch_encode`` on PROBE_TEXTS (the file is
+    published by the caller only after this returns)."""
+    export(model_dir, out)
+    model = OnnxTextModel(out, model_dir / "tokenizer.json")
+    cosine = float((model(PROBE_TEXTS) * torch_encode(list(PROBE_TEXTS))).sum(axis=1).min())
+    if cosine < MIN_COSINE:
+        raise ValueError(f"its ONNX export differs from torch (cosine {cosine:.6f} < {MIN_COSINE:.6f})")
+    logger.info("text encoder exported to ONNX (cosine to torch >= %.7f)", cosine)
 
 
 def export(model_dir: Path, out: Path) -> None:

@@ -76,10 +76,17 @@ class SentenceEncoder:
 
         source = name_or_dir or packaged_minilm_dir() or MINILM_ID
         wanted = os.environ.get(TEXT_RUNTIME_ENV, "auto")
+        loaded: list[TorchTextModel] = []
+
+        def torch_model() -> TorchTextModel:  # built at most once: to check an export, or to serve
+            if not loaded:
+                loaded.append(TorchTextModel(source, device))
+            return loaded[0]
+
         model = None
         if wanted != "torch" and device in (None, "cpu") and Path(str(source)).is_dir():
-            model = load_or_export(Path(str(source)))
-        self._model = model or TorchTextModel(source, device)
+            model = load_or_export(Path(str(source)), torch_model)
+        self._model = model or torch_model()
         self.runtime = "onnx" if model is not None else "torch"
         self.dim = self._model.dim
         self.batch_size = batch_size
