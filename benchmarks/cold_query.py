@@ -48,7 +48,8 @@ def main() -> None:
     try:
         gather_sample_photos(work / "photos")
         index_folders([work / "photos"], work / "index", options=IndexOptions(progress=False))
-        onnx_model = load_or_export(packaged_minilm_dir())
+        torch_model = TorchTextModel(packaged_minilm_dir(), device="cpu")
+        onnx_model = load_or_export(packaged_minilm_dir(), lambda: torch_model)
         assert isinstance(onnx_model, OnnxTextModel), "no ONNX text encoder on this machine"
         command = [sys.executable, "-m", "objsearch", "query", "dog", "--index", str(work / "index"), "-k", "3"]
         walls: dict[str, list[float]] = {"torch": [], "onnx": []}
@@ -57,7 +58,6 @@ def main() -> None:
                 started = time.perf_counter()
                 subprocess.run(command, check=True, capture_output=True, env={**os.environ, "OBJSEARCH_TEXT_RUNTIME": runtime})
                 walls[runtime].append(time.perf_counter() - started)
-        torch_model = TorchTextModel(packaged_minilm_dir(), device="cpu")
         warm = {}
         for name, model in (("torch", torch_model), ("onnx", onnx_model)):
             model(["warm-up"])
