@@ -62,6 +62,7 @@ def index_on_ray(address: str, work: list[FileStat], committer: PartCommitter, s
     ray = _import_ray()
     started = time.perf_counter()
     owned = _connect(ray, address)
+    _configure_data(ray)
     committer.summary.stage_seconds["ray_start"] += time.perf_counter() - started
     try:
         dataset = _dataset(ray, work, staging, embedder, options)
@@ -96,13 +97,17 @@ def _connect(ray, address: str) -> bool:
                  logging_level=logging.WARNING, configure_logging=False)
     except (ConnectionError, ValueError, RuntimeError) as exc:
         raise ObjsearchError(f"cannot use the Ray cluster at {address!r}: {first_line(exc)}") from None
+    return True
+
+
+def _configure_data(ray) -> None:
+    """Ray Data's settings for this run, whoever started Ray."""
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False  # this process shows one bar of its own
     context.raise_original_map_exception = True  # not a UserCodeException quoting the whole batch
     context.max_errored_blocks = -1  # a batch given up on is dropped: its files are reported, redone next run
     context.wait_for_min_actors_s = ACTOR_START_TIMEOUT_S  # actors that cannot be placed end the run
     logging.getLogger("ray.data").setLevel(logging.CRITICAL)  # execution plans; errors, which reach the user as ours
-    return True
 
 
 def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
