@@ -12,7 +12,6 @@ Warm: 200 distinct one-line texts through each runtime's model in this process (
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
@@ -22,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.provenance import commit, write_result
+from benchmarks.provenance import commit, report
 
 RESULT = Path(__file__).parent / "results" / "cold_query" / "demo.json"
 
@@ -70,8 +69,7 @@ def main() -> None:
         result = {"photos": len(list((work / "photos").iterdir())), "cold_query_s": {name: summary(v) for name, v in walls.items()},
                   "cold_median_ratio_torch_over_onnx": round(statistics.median(walls["torch"]) / statistics.median(walls["onnx"]), 2),
                   "warm_one_text_ms_median": warm}
-        write_result(args.out, result, code=code)
-        print(json.dumps(result, indent=2))
+        report(args.out, result, code=code)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -12,7 +12,6 @@ of 3 runs), the groups found, and how many planted pairs ended in one group.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import statistics
 import tempfile
@@ -22,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.ann import clustered_vectors
-from benchmarks.provenance import commit, write_result
+from benchmarks.provenance import commit, report
 from benchmarks.write_scaling import detections
 
 OBJECTS_PER_IMAGE = 6
@@ -85,8 +84,7 @@ def main() -> None:
             "groups": len(groups), "objects_in_groups": sum(map(len, groups)), "largest_group": max(map(len, groups), default=0),
             "planted_pairs": len(copies), "planted_pairs_grouped": found,
         }
-        write_result(args.out, result, code=code)
-        print(json.dumps(result, indent=2))
+        report(args.out, result, code=code)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

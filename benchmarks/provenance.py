@@ -35,6 +35,12 @@ def write_result(path: Path, result: dict[str, Any], *, code: str | None = None)
     path.write_text(json.dumps(record, indent=2) + "\n")
 
 
+def report(path: Path, result: dict[str, Any], *, code: str | None = None) -> None:
+    """``write_result``, then the result printed as JSON (what a benchmark shows its user)."""
+    write_result(path, result, code=code)
+    print(json.dumps(result, indent=2))
+
+
 def _module_name() -> str:
     main = sys.modules.get("__main__")
     spec = getattr(main, "__spec__", None)

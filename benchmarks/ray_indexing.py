@@ -13,7 +13,6 @@ the intercept of time against images. The two full indexes are then compared obj
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import tempfile
 import time
@@ -21,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.provenance import commit, write_result
+from benchmarks.provenance import commit, report
 
 RESULT = Path(__file__).parent / "results" / "ray_indexing" / "local-2cpu.json"
 
@@ -110,8 +109,7 @@ def main() -> None:
                              "small_run": {"files": args.small, "seconds": round(small_s, 2)}},
             "indexes_equal": equality,
         }
-        write_result(args.out, result, code=code)
-        print(json.dumps(result, indent=2))
+        report(args.out, result, code=code)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.ann import K, clustered_chunks, exact_top, object_ids, recall_at_k, timed_queries
-from benchmarks.provenance import commit, write_result
+from benchmarks.provenance import commit, report
 
 RESULTS = Path(__file__).parent / "results" / "sharded_index"
 
@@ -124,8 +124,7 @@ def main() -> None:
             })
             print(json.dumps(rows[-1]))
         result["rows"] = rows
-        write_result(args.out or RESULTS / f"{args.objects // 1_000_000}M_{args.shards}shards_{args.codes}.json", result, code=code)
-        print(json.dumps(result, indent=2))
+        report(args.out or RESULTS / f"{args.objects // 1_000_000}M_{args.shards}shards_{args.codes}.json", result, code=code)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

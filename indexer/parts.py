@@ -31,6 +31,7 @@ from objsearch.store.parquet import write_shard
 
 PART_FORMAT = "1"
 _META_KEY = b"objsearch.part"
+RECORD_FIELDS = ("path", "file_size", "mtime_ns", "content_hash", "width", "height", "status", "error")  # ImageRecord's, less the id
 
 
 def staging_dir(index_root: Path) -> Path:
@@ -55,7 +56,7 @@ def write_part(folder: Path, embedder: EmbedderInfo, rows: Sequence[tuple[ImageR
     one new part in ``folder``; returns its path. The part names the embedder that made it."""
     columns: dict[str, list] = {name: [] for name in part_schema(1).names}
     for record, detections in rows:
-        for name in ("path", "file_size", "mtime_ns", "content_hash", "width", "height", "status", "error"):
+        for name in RECORD_FIELDS:
             columns[name].append(getattr(record, name))
         found = detections if detections is not None else Detections.empty(embedder.embed_dim)
         columns["boxes"].append(found.boxes_xyxy.tolist())
@@ -88,7 +89,7 @@ def read_part(path: Path) -> Iterator[tuple[ImageRecord, Detections | None]]:
     table = pq.read_table(path)
     dim = table.schema.field("embeddings").type.value_type.list_size
     for row in table.to_pylist():
-        record = ImageRecord(**{name: row[name] for name in ("path", "file_size", "mtime_ns", "content_hash", "width", "height", "status", "error")})
+        record = ImageRecord(**{name: row[name] for name in RECORD_FIELDS})
         if record.error:
             yield record, None
             continue
