@@ -170,7 +170,6 @@ MAX_LISTED_FAILURES = 50  # files listed as not indexed; the rest are counted
 
 OUTPUT_FORMATS = ("table", "json", "csv", "coco")
 MAX_GROUP_MEMBERS_SHOWN = 20  # objects listed per duplicates group
-DEDUP_DEPTH = 4  # --dedup searches this many times deeper, so that k remain after dropping duplicates
 
 
 def _export(hits, photos: Path | None, link: bool, crops: Path | None) -> None:
@@ -218,6 +217,7 @@ def query(
     link: Annotated[bool, typer.Option("--link", help="With --export: symlink the photos instead of copying them.")] = False,
     crops: Annotated[Path | None, typer.Option("--crops", metavar="DIR", help="Write each matched object's crop into DIR as <object_id>.jpg.")] = None,
     dedup: Annotated[bool, typer.Option("--dedup", help="Drop each hit at least 0.95 similar to a better ranked hit shown, so nearly identical objects appear once.")] = False,
+    mode: Annotated[str, typer.Option("--mode", help="How TEXT ranks objects: vector (embeddings), keyword (its words in labels and captions, full-text BM25) or hybrid (both, fused by rank).")] = "vector",
 ) -> None:
     """Search by TEXT, by an example region (--image [--box]) or by an indexed object (--object)."""
     from objsearch.search import open_index
@@ -234,18 +234,20 @@ def query(
     output_format = "json" if as_json else output_format
     if link and export is None:
         raise BadQuery("--link needs --export DIR")
+    if mode != "vector" and text is None:
+        raise BadQuery(f"--mode {mode} needs a TEXT query (--image and --object search by vector)")
     options = dict(where=where, min_score=min_score, per_image=per_image)
+    from objsearch.duplicates import DEDUP_DEPTH, without_duplicates
+
     with open_index(index_path, model=model, time_limit_s=time_limit) as idx:
         depth = top_k * DEDUP_DEPTH if dedup else top_k
         if text is not None:
-            hits, title = idx.search(text, depth, **options), text
+            hits, title = idx.search(text, depth, mode=mode, **options), text
         elif image is not None:
             hits, title = idx.search_region(image, _parse_box(box) if box else None, depth, **options), f"like {image}"
         else:
             hits, title = idx.search_object(object_id, depth, **options), f"like object {object_id}"
         if dedup:
-            from objsearch.duplicates import without_duplicates
-
             hits = without_duplicates(idx, hits)[:top_k]
     if html:
         from objsearch.render import render_gallery
@@ -263,7 +265,8 @@ def query(
         typer.echo("no results")
     for h in hits:
         x1, y1, x2, y2 = (round(v) for v in h.box_xyxy)
-        typer.echo(f"{h.rank:>3}  {h.similarity:.3f}  {h.label:<16} [{x1},{y1},{x2},{y2}]  {h.path}  (object {h.object_id}: {h.caption})")
+        score = h.similarity if h.similarity is not None else h.keyword_score
+        typer.echo(f"{h.rank:>3}  {score:.3f}  {h.label:<16} [{x1},{y1},{x2},{y2}]  {h.path}  (object {h.object_id}: {h.caption})")
     if html:
         typer.echo(f"gallery: {html}")
 

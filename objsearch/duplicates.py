@@ -20,6 +20,7 @@ from objsearch.hits import Hit
 logger = logging.getLogger(__name__)
 
 DEFAULT_THRESHOLD = 0.95
+DEDUP_DEPTH = 4  # a search that drops duplicates asks for this many times its k, so that k remain
 BATCH = 4096  # query vectors per range search
 
 

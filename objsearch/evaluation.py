@@ -140,7 +140,7 @@ def evaluate_embedder(embedder, split: CocoSplit, *, max_images: int | None = No
     results["text_to_object"] = {
         # A referring expression means one object: others of its category, on a crowd or not, are misses.
         kind: _text_retrieval(embedder, queries, stored, on_crowds if kind != "referring" else {})
-        for kind, queries in _text_queries(split, annotations, names, cat_index).items() if queries
+        for kind, queries in text_queries(split, annotations, names, cat_index).items() if queries
     }
     regions = _region_embeddings(embedder, split, images, annotations)
     region_labels = np.array([cat_index[a["category_id"]] for a in annotations])
@@ -211,9 +211,11 @@ def _class_agnostic_ap(gt: dict, detections: list[dict]) -> dict[str, float]:
     return {key: scores[key] for key in ("AP", "AP50", "AP75")}
 
 
-def _text_queries(split: CocoSplit, annotations: list[dict], names: list[str],
-                  cat_index: dict[int, int]) -> dict[str, dict[str, list[dict]]]:
-    """kind -> query text -> the relevant ground-truth annotations."""
+def text_queries(split: CocoSplit, annotations: list[dict], names: list[str],
+                 cat_index: dict[int, int]) -> dict[str, dict[str, list[dict]]]:
+    """kind ("category": "star"; "attribute": "red star"; "referring": the split's referring
+    expressions) -> query text -> the relevant ground-truth annotations. ``cat_index``: category
+    id -> its position in ``names``."""
     by_category: dict[str, list[dict]] = defaultdict(list)
     by_attribute: dict[str, list[dict]] = defaultdict(list)
     for a in annotations:
@@ -306,7 +308,9 @@ def _ranked_hits(query: np.ndarray, stored: StoredObjects, gold: list[dict], on_
     return hits[:RANK_DEPTH]
 
 
-def _retrieval_summary(hits: list[np.ndarray], relevant: list[int]) -> dict[str, float]:
+def retrieval_summary(hits: list[np.ndarray], relevant: list[int]) -> dict[str, float]:
+    """R@1/5/10 and mAP@RANK_DEPTH of per-query ranked hit vectors (``hits``) with ``relevant``
+    relevant objects each."""
     return {
         "queries": len(hits),
         "R@1": metrics.recall_at_k(hits, 1),
@@ -329,7 +333,7 @@ def _text_retrieval(embedder, queries: dict[str, list[dict]], stored: StoredObje
         ignore = on_crowds.get(next(iter(categories))) if len(categories) == 1 else None
         hits.append(_ranked_hits(q, stored, gold, ignore))
         relevant.append(len(gold))
-    summary = _retrieval_summary(hits, relevant)
+    summary = retrieval_summary(hits, relevant)
     summary["curve"] = [c.tolist() for c in metrics.precision_recall_curve(hits, relevant)]
     return summary
 
@@ -364,7 +368,7 @@ def _object_retrieval(regions: np.ndarray, annotations: list[dict], stored: Stor
         hits.append(_ranked_hits(regions[i], stored, gold, on_crowds.get(query["category_id"]),
                                  exclude_image=query["image_id"]))
         relevant.append(len(gold))
-    return _retrieval_summary(hits, relevant) if hits else {"queries": 0}
+    return retrieval_summary(hits, relevant) if hits else {"queries": 0}
 
 
 def _caption_score(embedder, split: CocoSplit, images: list[dict], annotations: list[dict]) -> dict[str, Any]:

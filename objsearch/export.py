@@ -20,7 +20,7 @@ from objsearch.errors import ObjsearchError
 from objsearch.hits import Hit
 
 CSV_COLUMNS = ("rank", "similarity", "object_id", "image_id", "path", "x1", "y1", "x2", "y2", "label", "caption",
-               "det_score", "image_width", "image_height")
+               "det_score", "image_width", "image_height", "keyword_score", "fused_score")
 
 
 def export_files(hits: Sequence[Hit], *, photos: str | os.PathLike | None = None, link: bool = False,
@@ -92,20 +92,26 @@ def _write_crop(hit: Hit, target: Path) -> None:
 
 
 def hits_csv(hits: Sequence[Hit]) -> str:
-    """The hits as CSV with a header row (CSV_COLUMNS; boxes in pixels, xyxy)."""
+    """The hits as CSV with a header row (CSV_COLUMNS; boxes in pixels, xyxy; a score a search did
+    not give is empty)."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(CSV_COLUMNS)
     for hit in hits:
         x1, y1, x2, y2 = hit.box_xyxy
-        writer.writerow([hit.rank, f"{hit.similarity:.6f}", hit.object_id, hit.image_id, hit.path, x1, y1, x2, y2,
-                         hit.label, hit.caption or "", hit.det_score, hit.image_width, hit.image_height])
+        writer.writerow([hit.rank, _number(hit.similarity), hit.object_id, hit.image_id, hit.path, x1, y1, x2, y2,
+                         hit.label, hit.caption or "", hit.det_score, hit.image_width, hit.image_height,
+                         _number(hit.keyword_score), _number(hit.fused_score)])
     return out.getvalue()
+
+
+def _number(value: float | None) -> str:
+    return "" if value is None else f"{value:.6f}"
 
 
 def hits_coco(hits: Sequence[Hit]) -> dict:
     """The hits as a COCO detection file: ``images`` (file name = the photo's path, width,
-    height), ``annotations`` (bbox [x, y, w, h] in pixels, ``score`` = the similarity to the query,
+    height), ``annotations`` (bbox [x, y, w, h] in pixels, ``score`` = what the search ranked by (``Hit.ranking_score``),
     ``det_score`` = the detector's confidence, area) and ``categories`` (one per label)."""
     categories: dict[str, int] = {}
     images: dict[int, dict] = {}
@@ -116,7 +122,8 @@ def hits_coco(hits: Sequence[Hit]) -> dict:
         x1, y1, x2, y2 = hit.box_xyxy
         annotations.append({"id": hit.object_id, "image_id": hit.image_id, "category_id": category,
                             "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1), "iscrowd": 0,
-                            "score": hit.similarity, "det_score": hit.det_score, "caption": hit.caption})
+                            "score": hit.ranking_score, "similarity": hit.similarity, "det_score": hit.det_score,
+                            "caption": hit.caption})
     return {"images": list(images.values()), "annotations": annotations,
             "categories": [{"id": i, "name": name} for name, i in categories.items()]}
 

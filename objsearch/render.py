@@ -79,10 +79,16 @@ def _card(hit: Hit, thumb: tuple[Image.Image, float, float] | None, thumb_side: 
         f'<div class="card" data-rank="{int(hit.rank)}">{visual}<div class="meta">'
         f"<b>#{int(hit.rank)}</b> {e(hit.label)}<br>"
         f'<span class="caption">{caption}</span><br>'
-        f"similarity {hit.similarity:.3f} &middot; det_score {hit.det_score:.2f} &middot; "
+        f"{_scores(hit)} &middot; det_score {hit.det_score:.2f} &middot; "
         f"object_id {int(hit.object_id)}<br>"
         f'<span class="path">{e(hit.path)}</span></div></div>'
     )
+
+
+def _scores(hit: Hit) -> str:
+    """The scores a search gave ``hit``: similarity, keyword score (BM25), fused score."""
+    named = (("similarity", hit.similarity), ("keyword score", hit.keyword_score), ("fused score", hit.fused_score))
+    return " &middot; ".join(f"{name} {value:.3f}" for name, value in named if value is not None)
 
 
 def render_gallery(hits: Sequence[Hit], out_path: str | os.PathLike, *, title: str,

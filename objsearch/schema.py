@@ -11,7 +11,9 @@ import pyarrow as pa
 
 # Bump when a column is added, removed or changes meaning, or the index layout changes; the store
 # refuses other versions. 2: vector segments (one FAISS file per objects shard) and tombstones.
-SCHEMA_VERSION = 2
+# 3: each segment also has a full-text (SQLite FTS5) index of its labels and captions; an index of
+# format 2 is read as it is (no keyword search) and upgraded by its next writer.
+SCHEMA_VERSION = 3
 
 STATUS_OK = "ok"
 STATUS_ERROR = "error"

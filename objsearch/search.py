@@ -7,19 +7,23 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
 from objsearch.embedders.base import ObjectEmbedder, load_embedder
 from objsearch.errors import BadQuery, IndexCorrupt, NotFound
+from objsearch.fusion import reciprocal_rank_fusion
 from objsearch.hits import Hit
 from objsearch.query import Query, combine
 from objsearch.store.catalog import DEFAULT_TIME_LIMIT_S, Catalog
+from objsearch.store import keywords
 from objsearch.store.gc import ReaderLease, leased_manifest
 from objsearch.store.layout import resolve_index_path
 from objsearch.store.manifest import EmbedderInfo, Manifest, check_embedder, missing_or_resized
@@ -31,6 +35,28 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 MAX_QUERY_CHARS = 10_000  # longer text is refused: the text encoder reads ~128 tokens anyway
+SEARCH_MODES = ("vector", "keyword", "hybrid")
+FUSION_DEPTH = 100  # a keyword or hybrid search ranks (and fuses) at least each side's best this many
+
+
+@dataclass
+class Ranking:
+    """Object ids best first, with the scores the ranking knows of them: ``scores`` maps a Hit field
+    ("similarity", "keyword_score", "fused_score") to a (N,) array beside ``ids`` (NaN = unknown).
+    ``exhausted``: the ranking holds every object it could (asking for more gives no more)."""
+
+    ids: np.ndarray
+    scores: dict[str, np.ndarray]
+    exhausted: bool
+
+    def scores_at(self, position: int) -> dict[str, float]:
+        return {name: float(values[position]) for name, values in self.scores.items() if not np.isnan(values[position])}
+
+
+def _scores_of(ids: np.ndarray, ranked_ids: np.ndarray, ranked_scores: np.ndarray) -> np.ndarray:
+    """(len(ids),) the score ``ranked_scores`` gives each of ``ids`` in ``ranked_ids``; NaN where none."""
+    position = {object_id: i for i, object_id in enumerate(ranked_ids.tolist())}
+    return np.array([ranked_scores[position[i]] if i in position else np.nan for i in ids.tolist()], np.float64)
 
 
 class Index:
@@ -59,6 +85,7 @@ class Index:
         self._lease = lease
         self.catalog = Catalog(root, manifest, time_limit_s, previous=previous.catalog if previous else None)
         self.vectors = SegmentSet(root, manifest, previous=previous.vectors if previous else None)
+        self._keywords: keywords.KeywordSet | None = None
 
     # -- lazily loaded parts -----------------------------------------------------------------------
     @property
@@ -70,6 +97,12 @@ class Index:
             self._embedder = embedder
         return self._embedder
 
+    @property
+    def keywords(self) -> keywords.KeywordSet:
+        if self._keywords is None:
+            self._keywords = keywords.KeywordSet(self.root, self.manifest, self.vectors.tombstones)
+        return self._keywords
+
     # -- searches ----------------------------------------------------------------------------------
     def search_text(self, query: str, k: int = 10, **options) -> list[Hit]:
         """Objects best matching a text query. Options: where, min_score, per_image."""
@@ -77,11 +110,38 @@ class Index:
         embedding = self.embedder.embed_texts([query])[0]
         return self.search_embedding(embedding, k, **options)
 
-    def search(self, query: Query | str, k: int = 10, **options) -> list[Hit]:
+    def search(self, query: Query | str, k: int = 10, *, mode: str = "vector", **options) -> list[Hit]:
         """Objects best matching a composed query (``objsearch.query``: weighted text, object and
         region terms added and subtracted), given as a ``Query`` or its text. Objects named in
-        the query are left out of the results. Options as ``search_embedding``."""
+        the query are left out of the results.
+
+        mode: "vector" ranks by the cosine of the objects' embeddings with the combined query
+              embedding; "keyword" by the BM25 score of their labels and captions for the words of
+              the query's text terms (any of the positive terms' words, none of the negative
+              terms'; weights do not apply; no model is loaded); "hybrid" fuses both rankings by
+              reciprocal rank (``objsearch.fusion``).
+        Options as ``search_embedding``; ``min_score`` (a similarity) only in vector mode.
+        """
         query = (Query.parse(query) if isinstance(query, str) else query).check()
+        if mode not in SEARCH_MODES:
+            raise BadQuery(f"unknown search mode {mode!r}: use one of {', '.join(SEARCH_MODES)}")
+        named = tuple(t.object_id for t in query.terms if t.object_id is not None)
+        exclude = tuple(set(named) | set(options.pop("exclude", ())))
+        if mode == "vector":
+            return self.search_embedding(self._query_embedding(query), k, exclude=exclude, **options)
+        if options.get("min_score") is not None:
+            raise BadQuery(f"a minimum similarity applies to vector search only, not to {mode} search")
+        options.pop("min_score", None)
+        expression = self._keyword_expression(query, mode)
+        if mode == "keyword":
+            return self._search_ranked(lambda depth, allowed, deadline: self._keyword_ranking(expression, depth, allowed, deadline),
+                                       k, exclude=exclude, **options)
+        embedding = self._query_embedding(query)
+        return self._search_ranked(lambda depth, allowed, deadline: self._hybrid_ranking(embedding, expression, depth, allowed, deadline),
+                                   k, exclude=exclude, embedding=embedding, **options)
+
+    def _query_embedding(self, query: Query) -> np.ndarray:
+        """The (D,) unit embedding of a checked query: its terms' embeddings combined (``combine``)."""
         texts = [i for i, term in enumerate(query.terms) if term.kind == "text"]
         embeddings: list[np.ndarray | None] = [None] * len(query.terms)
         if texts:
@@ -94,9 +154,34 @@ class Index:
                 from objsearch.image_decode import decode_image
 
                 embeddings[i] = self._region_embedding(decode_image(term.image), term.box)
-        named = tuple(t.object_id for t in query.terms if t.object_id is not None)
-        combined = combine(np.stack(embeddings), np.array([t.weight for t in query.terms]))
-        return self.search_embedding(combined, k, exclude=tuple(set(named) | set(options.pop("exclude", ()))), **options)
+        return combine(np.stack(embeddings), np.array([t.weight for t in query.terms]))
+
+    def _keyword_expression(self, query: Query, mode: str) -> str | None:
+        """The FTS5 expression for the words of ``query``'s text terms (``keywords.match_expression``);
+        None in hybrid mode when the query has no words (its vector ranking stands alone)."""
+        if mode == "keyword" and any(term.kind != "text" for term in query.terms):
+            raise BadQuery("a keyword search matches words: an @object or @image term needs --mode vector or hybrid")
+        self.keywords.check_available()
+        positive = [w for t in query.terms if t.kind == "text" and t.weight > 0 for w in keywords.query_words(_check_text(t.text))]
+        negative = [w for t in query.terms if t.kind == "text" and t.weight < 0 for w in keywords.query_words(_check_text(t.text))]
+        positive = list(dict.fromkeys(w for w in positive if w not in negative))
+        if mode == "hybrid" and not positive:
+            return None
+        return keywords.match_expression(positive, list(dict.fromkeys(negative)))
+
+    def _keyword_ranking(self, expression: str, depth: int, allowed, deadline) -> Ranking:
+        scores, ids = self.keywords.search(expression, depth, allowed, deadline)
+        return Ranking(ids, {"keyword_score": scores}, exhausted=len(ids) < depth)
+
+    def _hybrid_ranking(self, embedding: np.ndarray, expression: str | None, depth: int, allowed, deadline) -> Ranking:
+        similarities, vector_ids = self.vectors.search(embedding[None], depth, allowed)
+        similarities, vector_ids = similarities[0][vector_ids[0] >= 0], vector_ids[0][vector_ids[0] >= 0]
+        keyword_scores, keyword_ids = (self.keywords.search(expression, depth, allowed, deadline) if expression is not None
+                                       else (np.zeros(0), np.zeros(0, np.int64)))
+        ids, fused = reciprocal_rank_fusion([vector_ids, keyword_ids])
+        return Ranking(ids, {"fused_score": fused, "similarity": _scores_of(ids, vector_ids, similarities),
+                             "keyword_score": _scores_of(ids, keyword_ids, keyword_scores)},
+                       exhausted=len(vector_ids) < depth and len(keyword_ids) < depth)
 
     def search_object(self, object_id: int, k: int = 10, **options) -> list[Hit]:
         """Objects most similar to an indexed object (the object itself is left out)."""
@@ -160,8 +245,10 @@ class Index:
             # Widen the fetch until k hits survive the row look-up, exclusion and per-image rules;
             # it at least quadruples each round and never exceeds ``available``, so the loop ends.
             scores, ids = self.vectors.search(embedding[None], max(fetch, 1), allowed)
-            hits = self._select(scores[0], ids[0], k, min_score, per_image, set(exclude), deadline)
-            returned = int((ids[0] >= 0).sum())
+            valid = ids[0] >= 0
+            ranking = Ranking(ids[0][valid], {"similarity": scores[0][valid]}, exhausted=False)
+            hits = self._select(ranking, k, per_image, set(exclude), deadline, min_score)
+            returned = int(valid.sum())
             below_min = min_score is not None and returned and scores[0][returned - 1] < min_score
             if len(hits) >= k or fetch >= available or returned < fetch or below_min:
                 break
@@ -170,16 +257,48 @@ class Index:
         logger.debug("search took %.1f ms", (time.perf_counter() - started) * 1e3)
         return hits
 
-    def _select(self, scores, ids, k, min_score, per_image, exclude, deadline) -> list[Hit]:
-        valid = ids >= 0
-        rows = self.catalog.rows_for_objects(ids[valid], deadline)
+    def _search_ranked(self, rank: Callable[[int, np.ndarray | None, float | None], Ranking], k: int, *,
+                       where: str | None = None, per_image: bool = False, exclude: Sequence[int] = (),
+                       embedding: np.ndarray | None = None) -> list[Hit]:
+        """The first k hits of ``rank(depth, allowed ids, deadline)`` (a keyword or fused ranking of at
+        most ``depth`` objects), asked for deeper (x4) until k survive the row look-up, exclusion and
+        per-image rules or the ranking runs out. ``embedding``: the query's, to give each hit its
+        similarity where the ranking did not."""
+        if k < 1:
+            raise BadQuery("k must be at least 1")
+        deadline = self.catalog.deadline()
+        allowed = self.catalog.filter_object_ids(where, deadline) if where else None
+        depth = max(FUSION_DEPTH, (k + len(exclude)) * (4 if per_image else 1))
+        while True:
+            ranking = rank(depth, allowed, deadline)
+            hits = self._select(ranking, k, per_image, set(exclude), deadline)
+            if len(hits) >= k or ranking.exhausted:
+                break
+            self.catalog.check_deadline(deadline)
+            depth *= 4
+        if embedding is not None:
+            hits = [h if h.similarity is not None else dataclasses.replace(h, similarity=self._similarity(embedding, h.object_id))
+                    for h in hits]
+        return hits
+
+    def _similarity(self, embedding: np.ndarray, object_id: int) -> float | None:
+        vector = self.vectors.reconstruct(object_id)
+        return None if vector is None else float(np.dot(vector, embedding))
+
+    def _select(self, ranking: Ranking, k: int, per_image: bool, exclude: set[int], deadline,
+                min_similarity: float | None = None) -> list[Hit]:
+        """The first k objects of ``ranking`` that still have a row (a hit each), leaving out
+        ``exclude``, later objects of an image already shown when ``per_image``, and everything
+        from the first similarity below ``min_similarity`` on."""
+        rows = self.catalog.rows_for_objects(ranking.ids, deadline)
         hits: list[Hit] = []
         seen_images: set[int] = set()
-        for score, object_id in zip(scores[valid], ids[valid]):
-            row = rows.get(int(object_id))
-            if row is None or int(object_id) in exclude:
+        for position, object_id in enumerate(ranking.ids.tolist()):
+            row = rows.get(object_id)
+            if row is None or object_id in exclude:
                 continue
-            if min_score is not None and score < min_score:
+            scores = ranking.scores_at(position)
+            if min_similarity is not None and scores["similarity"] < min_similarity:
                 break
             if per_image and row["image_id"] in seen_images:
                 continue
@@ -187,16 +306,18 @@ class Index:
             hits.append(
                 Hit(
                     rank=len(hits) + 1,
-                    object_id=int(object_id),
+                    object_id=object_id,
                     image_id=int(row["image_id"]),
                     path=row["path"],
                     box_xyxy=(float(row["x1"]), float(row["y1"]), float(row["x2"]), float(row["y2"])),
-                    similarity=float(score),
+                    similarity=scores.get("similarity"),
                     det_score=float(row["score"]),
                     label=row["label"],
                     caption=row["caption"],
                     image_width=row["width"],
                     image_height=row["height"],
+                    keyword_score=scores.get("keyword_score"),
+                    fused_score=scores.get("fused_score"),
                 )
             )
             if len(hits) == k:
@@ -248,6 +369,8 @@ class Index:
 
     def close(self) -> None:
         self.catalog.close()
+        if self._keywords is not None:
+            self._keywords.close()
         if self._lease is not None:
             self._lease.release()
             self._lease = None

@@ -12,6 +12,7 @@ from objsearch import open_index
 from objsearch.cli import app
 from objsearch.embedders.base import Detections
 from objsearch.errors import BadQuery, IndexCorrupt
+from objsearch.schema import SCHEMA_VERSION
 from objsearch.store import compact, gc, layout, verified
 from objsearch.store.doctor import check_index
 from objsearch.store.commit import ImageRecord, IndexWriter, compact_index
@@ -159,7 +160,7 @@ def test_the_compact_command_reports_what_it_did(tmp_path):
     assert result.exit_code == 0, result.output
     assert "12 segments -> 1" in result.output and "24 deleted objects' rows dropped" in result.output
     assert same_content(root, expected)
-    files = {p.relative_to(root).as_posix() for p in root.rglob("*.parquet")} | {p.relative_to(root).as_posix() for p in root.rglob("*.faiss")}
+    files = {p.relative_to(root).as_posix() for suffix in ("parquet", "faiss", "sqlite") for p in root.rglob(f"*.{suffix}")}
     assert files == {e.path for e in read_manifest(root).files()}
 
 
@@ -227,7 +228,7 @@ def test_an_index_of_format_1_is_upgraded_in_place_by_compact(tmp_path):
     assert query.exit_code == 1 and "run `objsearch compact` once to upgrade it" in query.output
     result = CliRunner().invoke(app, ["compact", "--index", str(root)])
     assert result.exit_code == 0, result.output
-    assert read_manifest(root).format_version == 2 and not list(root.glob("vectors-*.faiss"))
+    assert read_manifest(root).format_version == SCHEMA_VERSION and not list(root.glob("vectors-*.faiss"))
     assert same_content(root, expected)
 
 

@@ -152,6 +152,42 @@ def test_filters_where_min_similarity_and_per_image(client):
     assert len({h["image_id"] for h in hits}) == len(hits)
 
 
+def test_keyword_and_hybrid_modes(client):
+    keyword = client.get(f"{API}/search", params={"text": "red", "mode": "keyword", "k": 50}).json()["hits"]
+    assert keyword and all(h["similarity"] is None and h["keyword_score"] > 0 and "red" in h["caption"] for h in keyword)
+    hybrid = client.post(f"{API}/search", json={"text": "red", "mode": "hybrid", "k": 5}).json()["hits"]
+    assert hybrid and all(h["similarity"] is not None and h["fused_score"] > 0 for h in hybrid)
+    assert "mode" in one_line_error(client.get(f"{API}/search", params={"text": "red", "mode": "fuzzy"}), 422)
+    assert "needs text" in one_line_error(client.post(f"{API}/search", json={"object_id": 1, "mode": "keyword"}), 422)
+    assert "vector search only" in one_line_error(
+        client.get(f"{API}/search", params={"text": "red", "mode": "keyword", "min_similarity": 0.5}), 400)
+
+
+def test_dedup_shows_nearly_identical_objects_once(client):
+    every = client.get(f"{API}/search", params={"text": "red", "k": 100}).json()["hits"]
+    once = client.get(f"{API}/search", params={"text": "red", "k": 100, "dedup": "true"}).json()["hits"]
+    assert 0 < len(once) < len(every)
+    kept = {h["object_id"] for h in once}
+    assert kept <= {h["object_id"] for h in every}
+    # a dropped hit is at least 0.95 similar to a kept one ranked above it (here: the same colour and shape)
+    assert [h["object_id"] for h in every if h["object_id"] in kept] == [h["object_id"] for h in once]
+
+
+def test_export_gives_the_hits_as_a_csv_or_coco_file(client):
+    import csv
+
+    shown = client.get(f"{API}/search", params={"text": "red", "k": 7}).json()["hits"]
+    response = client.post(f"{API}/export", json={"text": "red", "k": 7, "format": "csv"})
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/csv")
+    assert 'attachment; filename="objsearch-results.csv"' == response.headers["content-disposition"]
+    rows = list(csv.DictReader(io.StringIO(response.text)))
+    assert [int(r["object_id"]) for r in rows] == [h["object_id"] for h in shown]
+    coco = client.post(f"{API}/export", json={"text": "red", "k": 7, "format": "coco", "mode": "hybrid"}).json()
+    assert len(coco["annotations"]) == 7 and all(a["score"] > 0 for a in coco["annotations"])
+    assert "format" in one_line_error(client.post(f"{API}/export", json={"text": "red", "format": "xml"}), 422)
+    assert one_line_error(client.post(f"{API}/export", json={"text": "red", "k": 5000}), 422)
+
+
 def test_upload_a_photo_and_a_box(blob_root, client):
     first = client.get(f"{API}/search", params={"text": "red", "k": 1}).json()["hits"][0]
     data = base64.b64encode(png_bytes(first["path"])).decode()

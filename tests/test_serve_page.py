@@ -226,3 +226,37 @@ def test_a_bad_filter_shows_its_message(page):
     page.wait_for_selector("#message.error:not([hidden])")
     assert "Bad filter" in page.inner_text("#message")
     assert page.query_selector_all("#results .card") == []
+
+
+def test_matching_exact_words(page):
+    search(page, "espresso")
+    vector_cards = len(page.query_selector_all("#results .card"))
+    page.select_option("#mode", "keyword")
+    page.wait_for_url("**mode=keyword**")
+    page.wait_for_function("() => { const cards = [...document.querySelectorAll('#results .card')];"
+                           " return cards.length > 0 && cards.every(c => c.querySelector('.caption').textContent.includes('espresso')); }")
+    cards = page.query_selector_all("#results .card")
+    assert 1 <= len(cards) < vector_cards  # only the objects whose caption says it
+    assert cards[0].query_selector(".sim").get_attribute("title") == "keyword score (BM25)"
+    assert page.is_disabled("#min-similarity")  # a similarity floor is for vector search only
+    page.reload()  # the mode is part of the page's address
+    page.wait_for_selector("#results .card")
+    assert page.eval_on_selector("#mode", "select => select.value") == "keyword"
+    assert len(page.query_selector_all("#results .card")) == len(cards)
+
+
+def test_downloading_the_results_as_csv_and_asking_for_no_near_duplicates(page):
+    search(page, "person")
+    shown = [c.get_attribute("data-object-id") for c in page.query_selector_all("#results .card")]
+    page.select_option("#download-format", "csv")
+    with page.expect_download() as download:
+        page.click("#download")
+    assert download.value.suggested_filename == "objsearch-results.csv"
+    rows = Path(download.value.path()).read_text().splitlines()
+    assert rows[0].startswith("rank,similarity,object_id") and [r.split(",")[2] for r in rows[1:]] == shown
+    asked = []
+    page.on("request", lambda request: asked.append(request.url) if "/api/v1/search" in request.url else None)
+    page.check("#dedup")
+    page.wait_for_url("**dedup=1**")
+    page.wait_for_selector("#results .card")
+    assert asked and "dedup=true" in asked[-1]

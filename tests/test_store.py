@@ -13,6 +13,7 @@ from indexer.pipeline import IndexOptions, index_folders
 from objsearch import open_index
 from objsearch.box_ops import box_iou
 from objsearch.errors import IndexLocked, IndexNotFound, ModelMismatch, ObjsearchError
+from objsearch.store.layout import DATA_DIRS
 from objsearch.store.manifest import read_manifest
 from objsearch.store.commit import IndexWriter
 from objsearch.datasets.scenes import make_dataset, make_scene
@@ -165,7 +166,7 @@ def test_uncommitted_work_is_invisible(tmp_path):
 def _files_on_disk(root):
     """Data files (what a manifest can name) present under ``root``."""
     return {p.relative_to(root).as_posix() for p in root.rglob("*")
-            if p.is_file() and p.parts[len(root.parts)] in ("images", "objects", "vectors", "tombstones")}
+            if p.is_file() and p.parts[len(root.parts)] in DATA_DIRS}
 
 
 def test_a_reader_keeps_its_generation_until_it_closes_and_nothing_longer(tmp_path):

@@ -34,7 +34,7 @@ import logging
 import time
 from contextlib import asynccontextmanager
 from pathlib import Path as FilePath
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -47,7 +47,7 @@ from objsearch.errors import BadImage, BadQuery, IndexCorrupt, IndexNotFound, No
 from objsearch.hits import Hit
 from objsearch.image_decode import decode_image_bytes
 from objsearch.query import Query as ComposedQuery  # fastapi.Query is the query-string parameter
-from objsearch.search import MAX_QUERY_CHARS
+from objsearch.search import MAX_QUERY_CHARS, SEARCH_MODES
 from objsearch.serve import media
 from objsearch.serve.limits import BodySizeLimit, TokenRequired
 from objsearch.serve.live import LiveIndex, ServerBusy
@@ -65,6 +65,7 @@ UPLOAD_MAX_PIXELS = 50_000_000
 THUMB_SIDE, IMAGE_SIDE = 256, 1600  # default picture sizes (pixels, longest side)
 MAX_ID = 2**63 - 1  # ids are int64
 IdPath = Annotated[int, Path(ge=0, le=MAX_ID)]
+SearchMode = Literal[SEARCH_MODES]
 
 
 # -- request and response shapes ----------------------------------------------------------------------
@@ -74,6 +75,9 @@ class SearchOptions(BaseModel):
     where: str | None = Field(None, description="SQL predicate over object and image columns, e.g. \"label = 'dog'\"")
     min_similarity: float | None = Field(None, ge=-1, le=1, description="drop hits less similar than this")
     per_image: bool = Field(False, description="only the best object of each image")
+    mode: SearchMode = Field("vector", description="how text ranks objects: vector (embeddings), keyword (its words in "
+                                                   "labels and captions, BM25) or hybrid (both, fused by reciprocal rank)")
+    dedup: bool = Field(False, description="drop each hit at least 0.95 similar to a better ranked one")
 
     @model_validator(mode="after")
     def _depth(self) -> "SearchOptions":
@@ -98,7 +102,16 @@ class SearchRequest(SearchOptions):
             raise ValueError("give exactly one of text, object_id and image")
         if self.box is not None and self.image is None:
             raise ValueError("box needs image")
+        if self.mode != "vector" and self.text is None:
+            raise ValueError(f"mode {self.mode} needs text (object_id and image search by vector)")
         return self
+
+
+class ExportRequest(SearchRequest):
+    """A search whose hits come back as a file (``objsearch.export``): CSV, or a COCO detection file."""
+
+    k: int = Field(100, ge=1, le=MAX_DEPTH, description="hits in the file")
+    format: Literal["csv", "coco"] = Field("csv", description="csv: one row per hit; coco: a COCO detection file")
 
 
 class HitOut(BaseModel):
@@ -107,7 +120,9 @@ class HitOut(BaseModel):
     image_id: int
     path: str
     box: list[float] = Field(description="x1, y1, x2, y2 in pixels of the upright image")
-    similarity: float
+    similarity: float | None = Field(description="cosine of the query's and the object's embeddings; null in keyword mode")
+    keyword_score: float | None = Field(None, description="BM25 of the query's words in the label and caption (keyword, hybrid)")
+    fused_score: float | None = Field(None, description="reciprocal-rank-fusion score the hits are ranked by (hybrid)")
     det_score: float
     label: str
     caption: str | None
@@ -208,11 +223,13 @@ def _add_routes(router: APIRouter, live: LiveIndex, app: FastAPI) -> None:
         where: str | None = None,
         min_similarity: Annotated[float | None, Query(ge=-1, le=1)] = None,
         per_image: bool = False,
+        mode: SearchMode = "vector",
+        dedup: bool = False,
     ) -> dict:
         """Search by text or by an indexed object (exactly one)."""
         try:
             request = SearchRequest(text=text, object_id=object_id, k=k, offset=offset, where=where,
-                                    min_similarity=min_similarity, per_image=per_image)
+                                    min_similarity=min_similarity, per_image=per_image, mode=mode, dedup=dedup)
         except ValueError as exc:
             raise BadQuery(_validation_message(exc)) from None
         return _search(live, request)
@@ -221,6 +238,17 @@ def _add_routes(router: APIRouter, live: LiveIndex, app: FastAPI) -> None:
     def search_post(request: SearchRequest) -> dict:
         """Search by text, by an indexed object, or by an uploaded image and an optional box."""
         return _search(live, request)
+
+    @router.post("/export", response_class=Response, responses={200: {"content": {"text/csv": {}, "application/json": {}}}})
+    def export(request: ExportRequest) -> Response:
+        """The hits of a search (as ``POST /search`` takes it) as a file to download: CSV or COCO."""
+        from objsearch.export import hits_coco_json, hits_csv
+
+        hits, _ = _hits(live, request, request.offset + request.k + PAGE_MARGIN)  # deeper, as pages are: the same hits
+        hits = hits[request.offset:request.offset + request.k]
+        body, media_type, name = ((hits_csv(hits), "text/csv", "objsearch-results.csv") if request.format == "csv"
+                                  else (hits_coco_json(hits), "application/json", "objsearch-results.coco.json"))
+        return Response(body, media_type=media_type, headers={"Content-Disposition": f'attachment; filename="{name}"'})
 
     @router.get("/objects/{object_id}")
     def get_object(object_id: IdPath) -> dict:
@@ -263,17 +291,7 @@ def _search(live: LiveIndex, request: SearchRequest) -> dict:
     whether more follow, and keeps pages apart where equal similarities straddle a page's end."""
     started = time.perf_counter()
     depth = request.offset + request.k
-    options = dict(where=request.where, min_score=request.min_similarity, per_image=request.per_image)
-    decoded = _decode_upload(request.image) if request.image is not None else None
-    with live.use() as index:
-        deeper = depth + PAGE_MARGIN
-        if request.text is not None:
-            hits = index.search(_composed(request.text), deeper, **options)
-        elif request.object_id is not None:
-            hits = index.search_object(request.object_id, deeper, **options)
-        else:
-            hits = index.search_pixels(decoded, request.box, deeper, **options)
-        generation = index.manifest.generation
+    hits, generation = _hits(live, request, depth + PAGE_MARGIN)
     page = hits[request.offset:depth]
     more = len(hits) > depth and depth < MAX_DEPTH
     return {
@@ -281,6 +299,26 @@ def _search(live: LiveIndex, request: SearchRequest) -> dict:
         "next_offset": depth if more else None, "took_ms": round((time.perf_counter() - started) * 1e3, 2),
         "generation": generation,
     }
+
+
+def _hits(live: LiveIndex, request: SearchRequest, depth: int) -> tuple[list[Hit], int]:
+    """The first ``depth`` hits of the request's search (near-duplicates dropped when it asks),
+    and the generation they come from."""
+    from objsearch.duplicates import DEDUP_DEPTH, without_duplicates
+
+    options = dict(where=request.where, min_score=request.min_similarity, per_image=request.per_image)
+    decoded = _decode_upload(request.image) if request.image is not None else None
+    with live.use() as index:
+        deeper = depth * DEDUP_DEPTH if request.dedup else depth
+        if request.text is not None:
+            hits = index.search(_composed(request.text), deeper, mode=request.mode, **options)
+        elif request.object_id is not None:
+            hits = index.search_object(request.object_id, deeper, **options)
+        else:
+            hits = index.search_pixels(decoded, request.box, deeper, **options)
+        if request.dedup:
+            hits = without_duplicates(index, hits)[:depth]
+        return hits, index.manifest.generation
 
 
 def _composed(text: str) -> ComposedQuery:

@@ -30,8 +30,10 @@ from objsearch.errors import IndexCorrupt, ObjsearchError, first_line
 from objsearch.store import compact, parquet, vectors
 from objsearch.store.gc import collect_garbage
 from objsearch.store.layout import IMAGES_DIR, LOCK, MANIFEST, STAGING_DIR, TOMBSTONES_DIR, FileEntry, WriterLock, file_entry
-from objsearch.store.manifest import EmbedderInfo, Manifest, check_embedder, missing_or_resized, read_manifest, write_manifest
+from objsearch.store.manifest import (NO_KEYWORDS_FORMAT, EmbedderInfo, Manifest, check_embedder, missing_or_resized, read_manifest,
+                                      write_manifest)
 from objsearch.store.segments import read_tombstones
+from objsearch.store.upgrade import add_keyword_index
 from objsearch.store.verified import VerifiedFiles
 
 logger = logging.getLogger(__name__)
@@ -93,6 +95,10 @@ class IndexWriter:
             damaged = missing_or_resized(self.root, self.manifest) or self.verified.damaged(self.manifest.files())
             if damaged:
                 raise IndexCorrupt(f"index files are missing or damaged: {', '.join(damaged[:5])}; run `objsearch doctor --repair`")
+            if self.manifest.format_version == NO_KEYWORDS_FORMAT:
+                self.manifest = add_keyword_index(self.root, self.manifest)
+                for segment in self.manifest.segments:
+                    self.verified.record(segment.keywords)
         else:
             self.manifest = Manifest(embedder=embedder)
             write_manifest(self.root, self.manifest)  # an empty index is still an index
@@ -369,7 +375,7 @@ class IndexWriter:
         table = parquet.objects_table(self._staged_objects, embeddings, self.embed_dim)
         total = sum(s.rows for s in manifest.segments) - manifest.tombstone_count + table.num_rows
         segment = compact.write_segment(self.root, table, tag, compact.segment_index_type(manifest, table.num_rows, total))
-        for entry in (segment.objects, segment.vectors):
+        for entry in segment.files():
             self.verified.record(entry)
         manifest.segments = manifest.segments + [segment]
         if self._object_image_columns is not None:
@@ -381,7 +387,7 @@ class IndexWriter:
         self._verify([s.objects for s in manifest.segments[start:end]])
         merged, purged = compact.merge_segments(self.root, manifest, start, end, self._tombstones, tag)
         for segment in merged:
-            for entry in (segment.objects, segment.vectors):
+            for entry in segment.files():
                 self.verified.record(entry)
         manifest.segments = manifest.segments[:start] + merged + manifest.segments[end:]
         if len(purged):

@@ -41,7 +41,8 @@ import pyarrow.compute as pc
 
 from objsearch import schema
 from objsearch.store import parquet, vectors
-from objsearch.store.layout import IMAGES_DIR, OBJECTS_DIR, VECTORS_DIR, FileEntry, file_entry
+from objsearch.store.keywords import write_keywords
+from objsearch.store.layout import IMAGES_DIR, KEYWORDS_DIR, OBJECTS_DIR, VECTORS_DIR, FileEntry, file_entry
 from objsearch.store.manifest import Manifest, Segment
 from objsearch.store.segments import in_range
 
@@ -130,8 +131,9 @@ def segment_index_type(manifest: Manifest, rows: int, total_rows: int) -> str:
 
 
 def write_segment(root: Path, table: pa.Table, tag: str, index_type: str) -> Segment:
-    """Write an objects table (sorted by object id) as a segment: its shard and its FAISS index,
-    built from the stored (float16) embeddings, so FAISS always holds exactly what Parquet holds."""
+    """Write an objects table (sorted by object id) as a segment: its shard, its FAISS index, built
+    from the stored (float16) embeddings, so FAISS always holds exactly what Parquet holds, and the
+    full-text index of its labels and captions."""
     objects_path = f"{OBJECTS_DIR}/objects-{tag}.parquet"
     parquet.write_shard(table, root / objects_path)
     object_ids = table.column(schema.OBJECT_ID).to_numpy()
@@ -139,7 +141,17 @@ def write_segment(root: Path, table: pa.Table, tag: str, index_type: str) -> Seg
     vectors_path = f"{VECTORS_DIR}/vectors-{tag}.faiss"
     vectors.write(index, root / vectors_path)
     return Segment(objects=file_entry(root, objects_path), vectors=file_entry(root, vectors_path), index_type=index_type,
-                   rows=table.num_rows, min_object_id=int(object_ids[0]), max_object_id=int(object_ids[-1]))
+                   rows=table.num_rows, min_object_id=int(object_ids[0]), max_object_id=int(object_ids[-1]),
+                   keywords=write_segment_keywords(root, table, tag))
+
+
+def write_segment_keywords(root: Path, table: pa.Table, tag: str) -> FileEntry:
+    """The keywords file (``objsearch.store.keywords``) of the objects in ``table`` (it needs the
+    object id, label and caption columns)."""
+    relative = f"{KEYWORDS_DIR}/keywords-{tag}.sqlite"
+    write_keywords(root / relative, table.column(schema.OBJECT_ID).to_numpy(), table.column(schema.LABEL).to_pylist(),
+                   table.column(schema.CAPTION).to_pylist())
+    return file_entry(root, relative)
 
 
 def merge_segments(root: Path, manifest: Manifest, start: int, end: int, tombstones: np.ndarray,

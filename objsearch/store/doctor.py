@@ -2,11 +2,12 @@
 
 Checks: every committed file exists with the size and sha256 the manifest records (every byte is
 hashed: this is the full check that writers leave to the doctor); every Parquet file opens; each
-segment's FAISS file loads and holds exactly its objects shard's ids; every tombstone names an
-object of a segment.
+segment's FAISS file and keywords file load and hold exactly its objects shard's ids; every
+tombstone names an object of a segment.
 
 Repair (under the writer lock):
 - a damaged FAISS file is rebuilt from the embeddings its segment's shard holds (nothing is lost);
+- a damaged keywords file is rebuilt from its shard's labels and captions (nothing is lost);
 - a damaged objects shard is dropped with its segment, and the images that have no objects left
   are dropped with it, so the next `objsearch index` run embeds those files again;
 - a damaged images shard is dropped and the objects of its images are tombstoned; the next run
@@ -28,7 +29,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from objsearch import schema
-from objsearch.store import parquet, vectors
+from objsearch.errors import IndexCorrupt
+from objsearch.store import keywords, parquet, vectors
+from objsearch.store.compact import write_segment_keywords
 from objsearch.store.layout import MANIFEST, TOMBSTONES_DIR, VECTORS_DIR, FileEntry, WriterLock, file_entry, sha256_file
 from objsearch.store.manifest import Manifest, read_manifest, write_manifest
 from objsearch.store.gc import leased_manifest
@@ -103,6 +106,14 @@ def _problems(root: Path, manifest: Manifest) -> list[Problem]:
         if not np.array_equal(faiss_ids, parquet_ids):
             problems.append(Problem(segment.vectors.path, f"{len(np.setdiff1d(faiss_ids, parquet_ids))} FAISS ids without a Parquet row, "
                                                           f"{len(np.setdiff1d(parquet_ids, faiss_ids))} rows of {segment.objects.path} without a vector"))
+        if segment.keywords is not None:
+            try:
+                keyword_ids = keywords.stored_ids(root / segment.keywords.path)
+            except IndexCorrupt as exc:
+                problems.append(Problem(segment.keywords.path, f"SQLite cannot read it: {exc}"))
+            else:
+                if not np.array_equal(keyword_ids, parquet_ids):
+                    problems.append(Problem(segment.keywords.path, f"its rows are not those of {segment.objects.path}"))
         if len(parquet_ids) != segment.rows or (len(parquet_ids) and (parquet_ids[0] < segment.min_object_id or parquet_ids[-1] > segment.max_object_id)):
             problems.append(Problem(MANIFEST, f"the rows or id range it records for {segment.objects.path} are not the shard's"))
     ranges = [(s.min_object_id, s.max_object_id) for s in manifest.segments]
@@ -147,6 +158,7 @@ def repair_index(root: Path) -> DoctorReport:
         manifest.generation += 1
         _drop_damaged_shards(root, manifest, bad, report)
         _rebuild_vectors(root, manifest, bad, report)
+        _rebuild_keywords(root, manifest, bad, report)
         _refresh_segment_ranges(root, manifest, report)
         _recompute_tombstones(root, manifest, bad, report)
         write_manifest(root, manifest)
@@ -213,6 +225,19 @@ def _rebuild_vectors(root: Path, manifest: Manifest, bad: set[str], report: Doct
             vectors.write(index, root / relative)
             segment = dataclasses.replace(segment, vectors=file_entry(root, relative))
             report.repairs.append(f"rebuilt {relative} from Parquet ({index.ntotal} vectors)")
+        segments.append(segment)
+    manifest.segments = segments
+
+
+def _rebuild_keywords(root: Path, manifest: Manifest, bad: set[str], report: DoctorReport) -> None:
+    """Rebuild each damaged keywords file from the labels and captions of its segment's shard."""
+    dim = manifest.embedder.embed_dim
+    segments = []
+    for number, segment in enumerate(manifest.segments):
+        if segment.keywords is not None and segment.keywords.path in bad:
+            table = parquet.read_shards([root / segment.objects.path], schema.objects_schema(dim), [schema.OBJECT_ID, schema.LABEL, schema.CAPTION])
+            segment = dataclasses.replace(segment, keywords=write_segment_keywords(root, table, f"repaired-g{manifest.generation:08d}-{number:05d}"))
+            report.repairs.append(f"rebuilt {segment.keywords.path} from Parquet ({table.num_rows} objects)")
         segments.append(segment)
     manifest.segments = segments
 

@@ -4,6 +4,7 @@
     images/*.parquet       immutable shards of the images table
     objects/*.parquet      immutable shards of the objects table, one per segment
     vectors/*.faiss        the FAISS index of each segment (ids = object ids)
+    keywords/*.sqlite      the full-text (SQLite FTS5) index of each segment's labels and captions
     tombstones/*.parquet   object ids deleted but still in a segment
     readers/*.lease        one per open reader: the files it uses (``objsearch.store.gc``)
     verified.json          files whose checksum the writer verified, by size, mtime, ctime, inode
@@ -32,11 +33,12 @@ LOCK = "lock"
 IMAGES_DIR = "images"
 OBJECTS_DIR = "objects"
 VECTORS_DIR = "vectors"
+KEYWORDS_DIR = "keywords"
 TOMBSTONES_DIR = "tombstones"
 READERS_DIR = "readers"
 VERIFIED = "verified.json"
 STAGING_DIR = "staging"  # finished indexing work (parts) waiting for the writer; not swept by gc
-DATA_DIRS = (IMAGES_DIR, OBJECTS_DIR, VECTORS_DIR, TOMBSTONES_DIR)  # what garbage collection sweeps
+DATA_DIRS = (IMAGES_DIR, OBJECTS_DIR, VECTORS_DIR, KEYWORDS_DIR, TOMBSTONES_DIR)  # what garbage collection sweeps
 INDEX_ENV_VAR = "OBJSEARCH_INDEX"
 DEFAULT_INDEX_DIR = ".objsearch"
 

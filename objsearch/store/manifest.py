@@ -4,8 +4,8 @@
 the format version and the counts. It is only ever replaced whole, atomically (a rename), so a
 reader that opens the manifest it finds sees one consistent generation.
 
-Objects and their vectors live in **segments**: an immutable objects shard (Parquet) and the FAISS
-index of exactly its rows, side by side. A commit adds one segment; compaction replaces a run of
+Objects and their vectors live in **segments**: an immutable objects shard (Parquet), the FAISS
+index of exactly its rows and the full-text index of their labels and captions, side by side. A commit adds one segment; compaction replaces a run of
 segments by one. Objects of removed images are **tombstoned** (their ids listed in one small
 Parquet file) until compaction drops their rows; the catalog and the vector search both leave
 tombstoned ids out, so a reader never sees them.
@@ -22,6 +22,10 @@ from typing import Any
 
 from objsearch.errors import FormatVersionError, IndexCorrupt, IndexNotFound, ModelMismatch
 from objsearch.schema import SCHEMA_VERSION
+
+#: The previous format: the same but for the segments' keyword files. Read as it is; a writer
+#: upgrades it (``IndexWriter``), adding a keywords file to every segment.
+NO_KEYWORDS_FORMAT = 2
 from objsearch.store.layout import MANIFEST, FileEntry, atomic_write_bytes
 from objsearch.store.vectors import DEFAULT_INDEX_TYPE
 
@@ -62,7 +66,8 @@ def check_same_model(built: EmbedderInfo, info: EmbedderInfo) -> None:
 
 @dataclass
 class Segment:
-    """An objects shard and the FAISS index of its rows (FAISS ids = object ids).
+    """An objects shard, the FAISS index of its rows (FAISS ids = object ids) and the full-text
+    index of their labels and captions (``keywords``; None in an index of NO_KEYWORDS_FORMAT).
 
     ``rows``: rows in the shard, tombstoned ones included. Object ids are allocated in increasing
     order and compaction merges runs of neighbouring segments, so every id of the shard lies in
@@ -75,6 +80,10 @@ class Segment:
     rows: int
     min_object_id: int
     max_object_id: int
+    keywords: FileEntry | None = None
+
+    def files(self) -> list[FileEntry]:
+        return [self.objects, self.vectors] + ([self.keywords] if self.keywords else [])
 
     def holds(self, object_id: int) -> bool:
         return self.min_object_id <= object_id <= self.max_object_id
@@ -107,7 +116,7 @@ class Manifest:
 
     def files(self) -> list[FileEntry]:
         """Every committed file."""
-        segment_files = [f for s in self.segments for f in (s.objects, s.vectors)]
+        segment_files = [f for s in self.segments for f in s.files()]
         return self.image_shards + segment_files + ([self.tombstones] if self.tombstones else [])
 
     def to_json(self) -> str:
@@ -116,7 +125,7 @@ class Manifest:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Manifest":
         version = data.get("format_version")
-        if version != SCHEMA_VERSION:
+        if version not in (SCHEMA_VERSION, NO_KEYWORDS_FORMAT):
             newer = isinstance(version, int) and version > SCHEMA_VERSION
             raise FormatVersionError(
                 f"index format version {version} is {'newer than' if newer else 'incompatible with'} "
@@ -127,7 +136,8 @@ class Manifest:
         data = dict(data)
         data["embedder"] = EmbedderInfo(**data["embedder"])
         data["image_shards"] = [FileEntry(**f) for f in data["image_shards"]]
-        data["segments"] = [Segment(**{**s, "objects": FileEntry(**s["objects"]), "vectors": FileEntry(**s["vectors"])})
+        data["segments"] = [Segment(**{**s, "objects": FileEntry(**s["objects"]), "vectors": FileEntry(**s["vectors"]),
+                                       "keywords": FileEntry(**s["keywords"]) if s.get("keywords") else None})
                             for s in data["segments"]]
         data["tombstones"] = FileEntry(**data["tombstones"]) if data.get("tombstones") else None
         return cls(**data)

@@ -1,13 +1,18 @@
-"""Upgrade an index of format 1 (one FAISS file for the whole index) to segments, in place.
+"""Upgrade older index formats in place; nothing is re-embedded.
 
-Each objects shard becomes a segment: its rows are written again sorted by object id, in small
-row groups, beside a FAISS index built from its stored embeddings. Nothing is re-embedded. The
-new manifest replaces the old one atomically, under the writer lock, so a crash leaves the old
+Format 1 (one FAISS file for the whole index) to segments: each objects shard becomes a segment,
+its rows written again sorted by object id, in small row groups, beside a FAISS index built from
+its stored embeddings. The new manifest replaces the old one atomically, under the writer lock, so a crash leaves the old
 index whole; the old files are deleted after the swap.
+
+Format 2 (segments without keyword files): ``add_keyword_index`` writes each segment's full-text
+index from its shard's labels and captions, then swaps in a manifest of the current format. The
+writer does it when it opens such an index, so any `objsearch index` or `compact` run upgrades it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -15,7 +20,7 @@ from pathlib import Path
 from objsearch import schema
 from objsearch.errors import IndexCorrupt, ObjsearchError
 from objsearch.store import parquet
-from objsearch.store.compact import segment_index_type, write_segment
+from objsearch.store.compact import segment_index_type, write_segment, write_segment_keywords
 from objsearch.store.gc import collect_garbage
 from objsearch.store.layout import MANIFEST, FileEntry, WriterLock, sha256_file
 from objsearch.store.manifest import EmbedderInfo, Manifest, write_manifest
@@ -68,3 +73,20 @@ def upgrade_format_1(root: Path) -> Manifest:
 def _intact(root: Path, entry: FileEntry) -> bool:
     path = root / entry.path
     return path.is_file() and path.stat().st_size == entry.size and sha256_file(path) == entry.sha256
+
+
+def add_keyword_index(root: Path, manifest: Manifest) -> Manifest:
+    """Give every segment of ``manifest`` that has none its keywords file, and commit the result as
+    the current format. The caller holds the writer lock. Returns the new manifest."""
+    generation = manifest.generation + 1
+    segments = []
+    for number, segment in enumerate(manifest.segments):
+        if segment.keywords is None:
+            table = parquet.read_shards([root / segment.objects.path], schema.objects_schema(manifest.embedder.embed_dim),
+                                        [schema.OBJECT_ID, schema.LABEL, schema.CAPTION])
+            segment = dataclasses.replace(segment, keywords=write_segment_keywords(root, table, f"g{generation:08d}-added-{number:05d}"))
+        segments.append(segment)
+    upgraded = dataclasses.replace(manifest, generation=generation, segments=segments, format_version=schema.SCHEMA_VERSION)
+    write_manifest(root, upgraded)
+    logger.info("added a keyword index to the %d segments of %s (format %d)", len(segments), root, schema.SCHEMA_VERSION)
+    return upgraded

@@ -5,6 +5,7 @@
 
 const API = "/api/v1";
 const PAGE_SIZE = 24;
+const MODES = ["vector", "keyword", "hybrid"]; // how a text query ranks objects (the API's "mode")
 const $ = (id) => document.getElementById(id);
 
 const state = {
@@ -44,12 +45,15 @@ function authHeaders(extra = {}) {
   return state.token ? { ...extra, Authorization: "Bearer " + state.token } : extra;
 }
 
+// A call of the JSON API; ``as: "blob"`` gives a successful response's body as a Blob (a file).
 async function api(path, options = {}) {
-  const response = await fetch(API + path, { ...options, headers: authHeaders(options.headers) });
+  const { as, ...request } = options;
+  const response = await fetch(API + path, { ...request, headers: authHeaders(request.headers) });
   if (response.status === 401) {
     await askToken();
     return api(path, options);
   }
+  if (as === "blob" && response.ok) return response.blob();
   let body = null;
   try { body = await response.json(); } catch (_) { /* not JSON */ }
   if (!response.ok) {
@@ -79,6 +83,8 @@ function queryFromUrl() {
     min: p.get("min") || "",
     perImage: p.get("one") === "1",
     where: p.get("where") || "",
+    mode: MODES.includes(p.get("mode")) ? p.get("mode") : "vector",
+    dedup: p.get("dedup") === "1",
   };
   if (p.get("object")) query.object = p.get("object");
   else if (p.get("q")) query.text = p.get("q");
@@ -96,13 +102,16 @@ function urlOf(query) {
   if (query.min !== "") p.set("min", query.min);
   if (query.perImage) p.set("one", "1");
   if (query.where) p.set("where", query.where);
+  if (query.mode && query.mode !== "vector") p.set("mode", query.mode);
+  if (query.dedup) p.set("dedup", "1");
   const text = p.toString();
   return text ? "?" + text : location.pathname;
 }
 
 function filtersOf(query) {
   return { ...query, label: $("label-filter").value, min: $("min-similarity").value.trim(),
-           perImage: $("per-image").checked, where: $("where").value.trim() };
+           perImage: $("per-image").checked, where: $("where").value.trim(), mode: $("mode").value,
+           dedup: $("dedup").checked };
 }
 
 function showFilters(query) {
@@ -110,6 +119,9 @@ function showFilters(query) {
   $("min-similarity").value = query.min;
   $("per-image").checked = query.perImage;
   $("where").value = query.where;
+  $("mode").value = query.mode || "vector";
+  $("dedup").checked = Boolean(query.dedup);
+  $("min-similarity").disabled = usesWords(query); // a similarity floor applies to vector search only
   ensureLabelOption(query.label);
   $("label-filter").value = query.label;
 }
@@ -124,6 +136,30 @@ function combinedWhere(query) {
 }
 
 // ---------------------------------------------------------------- searching
+// The options of a search request (POST /search and /export bodies, GET /search parameters).
+function searchOptions(query) {
+  const options = { per_image: query.perImage };
+  const where = combinedWhere(query);
+  if (where) options.where = where;
+  if (query.min !== "" && !usesWords(query)) options.min_similarity = Number(query.min);
+  if (usesWords(query)) options.mode = query.mode;
+  if (query.dedup) options.dedup = true;
+  return options;
+}
+
+// What a POST body searches for: the text, the object, or the uploaded photo (and its box).
+function searchSubject(query) {
+  if (query.upload) {
+    const upload = state.uploads.get(query.upload);
+    return upload.box ? { image: upload.dataUrl, box: upload.box } : { image: upload.dataUrl };
+  }
+  return query.text ? { text: query.text } : { object_id: Number(query.object) };
+}
+
+function postJson(body) {
+  return { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) };
+}
+
 function search(query, { push = true } = {}) {
   if (push) {
     const historyState = query.upload ? { upload: query.upload } : null;
@@ -162,17 +198,12 @@ async function fetchPage(offset) {
   state.loading = query;
   $("more").disabled = true;
   if (offset === 0) showMessage("Searching…");
-  const options = { k: PAGE_SIZE, offset, per_image: query.perImage };
-  const where = combinedWhere(query);
-  if (where) options.where = where;
-  if (query.min !== "") options.min_similarity = Number(query.min);
+  const options = { k: PAGE_SIZE, offset, ...searchOptions(query) };
+  const where = options.where;
   try {
     let response;
     if (query.upload) {
-      const upload = state.uploads.get(query.upload);
-      const body = { ...options, image: upload.dataUrl };
-      if (upload.box) body.box = upload.box;
-      response = await api("/search", { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
+      response = await api("/search", postJson({ ...options, ...searchSubject(query) }));
     } else {
       const params = new URLSearchParams(Object.entries(options).map(([k, v]) => [k, String(v)]));
       if (query.text) params.set("text", query.text); else params.set("object_id", query.object);
@@ -226,6 +257,9 @@ function showEmptyIndex() {
 
 function formatSimilarity(value) { return value.toFixed(3); }
 
+// A text query in keyword or hybrid mode: ranked (also) by its words; other queries search by vector.
+function usesWords(query) { return Boolean(query.text) && query.mode !== undefined && query.mode !== "vector"; }
+
 function card(hit) {
   const element = document.createElement("article");
   element.className = "card";
@@ -247,8 +281,9 @@ function card(hit) {
   meta.className = "meta";
   meta.innerHTML = '<div class="row"><span class="label"></span><span class="sim"></span></div><div class="caption"></div>';
   meta.querySelector(".label").textContent = hit.label;
-  meta.querySelector(".sim").textContent = formatSimilarity(hit.similarity);
-  meta.querySelector(".sim").title = "similarity";
+  const byWords = hit.similarity === null;
+  meta.querySelector(".sim").textContent = formatSimilarity(byWords ? hit.keyword_score : hit.similarity);
+  meta.querySelector(".sim").title = byWords ? "keyword score (BM25)" : "similarity";
   meta.querySelector(".caption").textContent = hit.caption || "";
   meta.querySelector(".caption").title = hit.path;
   meta.appendChild(likeButton(hit.object_id, { className: "like" }));
@@ -450,12 +485,28 @@ function closeDialogs() {
   document.querySelectorAll("dialog[open]").forEach((d) => d.close());
 }
 
-function download() {
-  const blob = new Blob([JSON.stringify({ query: { ...state.query, upload: undefined }, hits: state.hits }, null, 2)],
-                        { type: "application/json" });
+// The results shown, as JSON (what the page holds), or as CSV or a COCO detection file (made by
+// the server's /export from the same search, as deep as the results shown).
+async function download() {
+  const format = $("download-format").value;
+  if (format === "json") {
+    const body = JSON.stringify({ query: { ...state.query, upload: undefined }, hits: state.hits }, null, 2);
+    save(new Blob([body], { type: "application/json" }), "objsearch-results.json");
+    return;
+  }
+  const query = state.query;
+  try {
+    const file = await api("/export", { ...postJson({ ...searchOptions(query), ...searchSubject(query), k: state.hits.length, format }), as: "blob" });
+    save(file, format === "csv" ? "objsearch-results.csv" : "objsearch-results.coco.json");
+  } catch (error) {
+    showError(error);
+  }
+}
+
+function save(blob, name) {
   const link = document.createElement("a");
   link.href = URL.createObjectURL(blob);
-  link.download = "objsearch-results.json";
+  link.download = name;
   link.click();
   setTimeout(() => URL.revokeObjectURL(link.href), 1000);
 }
@@ -470,6 +521,8 @@ function setup() {
   $("label-filter").addEventListener("change", refilter);
   $("per-image").addEventListener("change", refilter);
   $("min-similarity").addEventListener("change", refilter);
+  $("mode").addEventListener("change", refilter);
+  $("dedup").addEventListener("change", refilter);
   $("where").addEventListener("keydown", (event) => { if (event.key === "Enter") refilter(); });
   $("more").addEventListener("click", () => fetchPage(state.nextOffset));
   $("download").addEventListener("click", download);
