@@ -5,8 +5,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO := demo
 DARKNET := .cache/darknet
+ULTRALYTICS := .cache/ultralytics
 
-.PHONY: demo test venv darknet-photos chromium clean
+.PHONY: demo test venv darknet-photos ultralytics-photos chromium clean
 
 venv: $(STAMP)
 
@@ -29,6 +30,14 @@ darknet-photos:
 		&& { apt-get download darknet >/dev/null 2>&1 || { apt-get update -qq >/dev/null 2>&1; apt-get download darknet >/dev/null 2>&1; }; } \
 		&& dpkg-deb -x darknet_*.deb . && rm -f darknet_*.deb \
 		|| echo "darknet photos not available; using scikit-image and matplotlib photos only"; \
+	fi
+
+# ultralytics' wheel carries two street photos (bus.jpg, zidane.jpg) of the real-photo set
+# (objsearch.datasets.real_photos); the wheel is only downloaded (no install) and read as a zip.
+ultralytics-photos: $(STAMP)
+	@if ! ls $(ULTRALYTICS)/ultralytics-*.whl >/dev/null 2>&1; then \
+		$(BIN)/python -m pip download --quiet --no-deps "ultralytics==8.4.190" -d $(ULTRALYTICS) >/dev/null 2>&1 \
+		|| echo "ultralytics' wheel could not be downloaded; the real-photo tests will skip"; \
 	fi
 
 # The browser tests drive Debian's chromium (Playwright's own browser download needs the internet).
@@ -55,8 +64,9 @@ demo: $(STAMP) darknet-photos
 	@echo ""
 	@echo "Search the demo in your browser: $(BIN)/objsearch serve --index $(DEMO)/index   (then open http://127.0.0.1:8765/)"
 
-test: $(STAMP) darknet-photos chromium
-	OBJSEARCH_DARKNET_DATA=$(CURDIR)/$(DARKNET)/usr/share/darknet/data $(BIN)/python -m pytest -q
+test: $(STAMP) darknet-photos ultralytics-photos chromium
+	OBJSEARCH_DARKNET_DATA=$(CURDIR)/$(DARKNET)/usr/share/darknet/data OBJSEARCH_ULTRALYTICS_WHEEL=$(CURDIR)/$(ULTRALYTICS) \
+		$(BIN)/python -m pytest -q
 
 clean:
 	rm -rf $(VENV) $(DEMO) .cache .objsearch

@@ -1,0 +1,125 @@
+"""A real-photo retrieval set: 20 photos that ship inside packages, and text and region queries with
+boxes drawn by hand (``real_photos.json`` beside this module).
+
+The photos are copied at run time from scikit-image, scikit-learn and matplotlib (installed with
+objsearch), Debian's ``darknet`` package (``$OBJSEARCH_DARKNET_DATA`` or ``/usr/share/darknet/data``)
+and ultralytics' wheel (``$OBJSEARCH_ULTRALYTICS_WHEEL``: the .whl file, or a folder holding one;
+only two JPEGs are read out of it, nothing is installed). None is committed to this repository.
+
+Query kinds: ``coco`` (a COCO label: "dog"), ``colour`` (a colour and a label: "white horse"),
+``role`` (what a person is doing or is: "an astronaut"), ``beyond`` (objects without a COCO class:
+"rocket"), ``small`` (small objects: "spoon", "sunglasses") and ``region`` (a box of one photo;
+its relevant objects are in the other photos). Boxes are pixels, xyxy, of the upright photo. A
+query lists every object of the set it should find.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from objsearch.errors import ObjsearchError
+
+ANNOTATIONS = Path(__file__).with_name("real_photos.json")
+KINDS = ("coco", "colour", "role", "beyond", "small", "region")
+COCO_VOCABULARY = ("coco", "colour", "role")  # queries about objects of COCO's classes
+DARKNET_DIRS = ("/usr/share/darknet/data",)
+DARKNET_ENV = "OBJSEARCH_DARKNET_DATA"
+ULTRALYTICS_ENV = "OBJSEARCH_ULTRALYTICS_WHEEL"
+
+
+class MissingPhotos(ObjsearchError):
+    """Some photos of the set are not installed on this machine."""
+
+
+@dataclass(frozen=True)
+class RealQuery:
+    """One query: ``text``, or a ``box`` of ``image`` (a region query); ``relevant``: photo file
+    name -> the (x1, y1, x2, y2) pixel boxes of every object the query should find there."""
+
+    kind: str
+    relevant: dict[str, list[tuple[float, float, float, float]]]
+    text: str | None = None
+    image: str | None = None
+    box: tuple[float, float, float, float] | None = None
+
+    @property
+    def name(self) -> str:
+        return self.text if self.text is not None else f"region {self.image} {list(self.box)}"
+
+
+def load_queries() -> list[RealQuery]:
+    """The set's queries, each with its relevant objects resolved to boxes."""
+    data = json.loads(ANNOTATIONS.read_text())
+    queries = []
+    for q in data["queries"]:
+        relevant = q["relevant"] if isinstance(q["relevant"], dict) else data["objects"][q["relevant"]]
+        queries.append(RealQuery(kind=q["kind"], text=q.get("text"), image=q.get("image"),
+                                 box=tuple(q["box"]) if "box" in q else None,
+                                 relevant={name: [tuple(b) for b in boxes] for name, boxes in relevant.items()}))
+    return queries
+
+
+def photo_names() -> list[str]:
+    return sorted(json.loads(ANNOTATIONS.read_text())["photos"])
+
+
+def gather(dest: str | os.PathLike) -> Path:
+    """Copy the set's 20 photos into ``dest`` (created; files already there are kept). Raises
+    MissingPhotos naming every photo whose source is not installed, and where to get it."""
+    dest = Path(dest)
+    photos = json.loads(ANNOTATIONS.read_text())["photos"]
+    missing = []
+    dest.mkdir(parents=True, exist_ok=True)
+    for name, (source, file_name) in sorted(photos.items()):
+        if (dest / name).is_file():
+            continue
+        try:
+            _copy(source, file_name, dest / name)
+        except FileNotFoundError as exc:
+            missing.append(f"{name} ({exc})")
+    if missing:
+        raise MissingPhotos(f"{len(missing)} photos of the real-photo set are not on this machine: {'; '.join(missing)}. "
+                            "`make test` fetches Debian's darknet package and ultralytics' wheel; or set "
+                            f"${DARKNET_ENV} and ${ULTRALYTICS_ENV}")
+    return dest
+
+
+def _copy(source: str, file_name: str, target: Path) -> None:
+    if source == "ultralytics":
+        with zipfile.ZipFile(_ultralytics_wheel()) as wheel, wheel.open(f"ultralytics/assets/{file_name}") as member:
+            target.write_bytes(member.read())
+        return
+    folder = _source_folder(source)
+    if not (folder / file_name).is_file():
+        raise FileNotFoundError(f"no {file_name} in {folder}")
+    shutil.copyfile(folder / file_name, target)
+
+
+def _source_folder(source: str) -> Path:
+    if source == "darknet":
+        for candidate in (os.environ.get(DARKNET_ENV, ""), *DARKNET_DIRS):
+            if candidate and Path(candidate).is_dir():
+                return Path(candidate)
+        raise FileNotFoundError(f"Debian's darknet data not found (apt-get install darknet, or set ${DARKNET_ENV})")
+    package, inside = {"skimage": ("skimage", "data"), "sklearn": ("sklearn", "datasets/images"),
+                       "matplotlib": ("matplotlib", "mpl-data/sample_data")}[source]
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"the {package} package is not installed")
+    return Path(next(iter(spec.submodule_search_locations))) / inside
+
+
+def _ultralytics_wheel() -> Path:
+    given = os.environ.get(ULTRALYTICS_ENV, "")
+    path = Path(given) if given else None
+    if path is not None and path.is_dir():
+        path = next(iter(sorted(path.glob("ultralytics-*.whl"))), None)
+    if path is None or not path.is_file():
+        raise FileNotFoundError(f"ultralytics' wheel not found (pip download --no-deps ultralytics, then set ${ULTRALYTICS_ENV})")
+    return path

@@ -1,0 +1,66 @@
+"""The bundled model on 20 real photos with hand-drawn boxes (``objsearch bench real-photos``).
+
+The thresholds are the counts the bundled model reached when this test was written (a run at
+commit time, not numbers chosen to pass): a change that finds fewer of these objects fails here,
+and one that finds more should raise them."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from benchmarks.real_photos import recall_by_kind, run_real_photos
+from objsearch.cli import app
+from objsearch.datasets import real_photos
+
+# kind -> (queries found first, queries found in the top 5), per search mode, as measured.
+MEASURED = {
+    "vector": {"coco": (13, 13), "colour": (9, 13), "role": (1, 2), "beyond": (4, 6), "small": (1, 2), "region": (7, 7)},
+    "hybrid": {"coco": (13, 13), "colour": (11, 12), "role": (1, 2), "beyond": (5, 6), "small": (2, 2), "region": (7, 7)},
+}
+
+
+@pytest.fixture(scope="module")
+def results(bundled_embedder):
+    try:
+        return run_real_photos(["bundled"], ["vector", "hybrid"], embedders={"bundled": bundled_embedder})
+    except real_photos.MissingPhotos as exc:
+        pytest.skip(str(exc))
+
+
+def test_the_set_has_twenty_photos_and_fifty_queries_of_every_kind():
+    queries = real_photos.load_queries()
+    assert len(real_photos.photo_names()) >= 20 and len(queries) >= 50
+    assert {q.kind for q in queries} == set(real_photos.KINDS)
+    for q in queries:
+        assert (q.text is None) == (q.kind == "region") and q.relevant
+        assert set(q.relevant) <= set(real_photos.photo_names())
+        assert all(x1 < x2 and y1 < y2 for boxes in q.relevant.values() for x1, y1, x2, y2 in boxes)
+
+
+@pytest.mark.parametrize("mode", ["vector", "hybrid"])
+def test_the_bundled_model_finds_what_it_found_when_measured(results, mode):
+    row = next(r for r in results["rows"] if r["mode"] == mode)
+    for kind, (first, top5) in MEASURED[mode].items():
+        got = row["by_kind"][kind]
+        assert round(got["R@1"] * got["queries"]) >= first and round(got["R@5"] * got["queries"]) >= top5, (kind, got)
+
+
+def test_recall_counts_a_query_found_at_rank_one_and_within_five():
+    queries = [real_photos.RealQuery(kind, {"x.jpg": [(0, 0, 1, 1)]}, text="q") for kind in ("coco", "coco", "beyond")]
+    by_kind = recall_by_kind(queries, [1, 5, None])
+    assert by_kind["coco"] == {"queries": 2, "R@1": 0.5, "R@5": 1.0}
+    assert by_kind["beyond"] == {"queries": 1, "R@1": 0.0, "R@5": 0.0}
+    assert by_kind["coco vocabulary"]["queries"] == 2 and by_kind["all"]["queries"] == 3
+
+
+def test_the_cli_writes_the_table_and_refuses_a_bad_mode(tmp_path):
+    bad = CliRunner().invoke(app, ["bench", "real-photos", "--mode", "fuzzy", "--out", str(tmp_path)])
+    assert bad.exit_code == 1 and "--mode is one of" in bad.output
+    result = CliRunner().invoke(app, ["bench", "real-photos", "--mode", "keyword", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "| bundled | keyword |" in result.output
+    written = json.loads((tmp_path / "results.json").read_text())
+    assert written["photos"] == 20 and written["rows"][0]["by_kind"]["all"]["queries"] == len(real_photos.load_queries())
