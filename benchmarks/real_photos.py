@@ -36,7 +36,7 @@ def run_real_photos(models: list[str], modes: list[str], out_dir: Path | None = 
 
     queries = real_photos.load_queries()
     work = Path(tempfile.mkdtemp(prefix="real-photos-"))
-    rows, per_query = [], {}
+    rows, per_query, masks, mask_cost = [], {}, {}, {}
     try:
         photos = real_photos.gather(work / "photos")
         for model in models:
@@ -51,10 +51,13 @@ def run_real_photos(models: list[str], modes: list[str], out_dir: Path | None = 
                     rows.append({"model": model, "mode": mode, "objects": summary.objects_added, "index_seconds": round(index_seconds, 1),
                                  "by_kind": recall_by_kind(queries, ranks)})
                     per_query[f"{model} / {mode}"] = {q.name: rank for q, rank in zip(queries, ranks)}
+                masks[model] = mask_quality(index, photos)
+                mask_cost[model] = mask_seconds(index)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     results = {"commit": commit(), "date": utc_now(), "photos": len(real_photos.photo_names()), "depth": DEPTH,
-               "rows": rows, "queries": per_query}
+               "rows": rows, "queries": per_query, "masks": masks,
+               "mask_ms_per_object": mask_cost}
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
@@ -81,6 +84,68 @@ def first_found(index, photos: Path, query, mode: str) -> int | None:
     return int(np.argmax(found)) + 1 if found.any() else None
 
 
+def mask_quality(index, photos: Path) -> dict:
+    """Each hand-drawn outline (``real_photos.load_masks``) against the mask of the indexed object
+    whose box overlaps its box most: mask IoU, and the IoU of that object's box taken as a mask
+    (what a mask must beat to be worth storing). None where no object overlaps or it has no mask."""
+    from PIL import Image
+
+    from objsearch.box_ops import box_iou
+    from objsearch.datasets import real_photos
+    from objsearch.embedders.masks import mask_iou
+
+    out = {}
+    for drawn in real_photos.load_masks():
+        path = str(photos / drawn.photo)
+        quoted = path.replace("'", "''")
+        objects = index.sql(f"SELECT object_id, x1, y1, x2, y2 FROM objects_images WHERE path = '{quoted}'")[1]
+        width, height = Image.open(path).size
+        truth = drawn.mask(height, width)
+        if not objects:
+            out[f"{drawn.photo} {drawn.object}"] = None
+            continue
+        overlaps = box_iou(np.array([drawn.box], np.float32), np.array([o[1:] for o in objects], np.float32))[0]
+        object_id, *box = objects[int(overlaps.argmax())]
+        as_mask = np.zeros((height, width), bool)
+        x1, y1, x2, y2 = (int(round(v)) for v in box)
+        as_mask[y1:y2, x1:x2] = True
+        rle = index.masks([object_id]).get(object_id)
+        mask = None if rle is None else _decoded(rle, height, width)
+        out[f"{drawn.photo} {drawn.object}"] = {"box_iou": round(float(overlaps.max()), 3), "mask_iou": None if mask is None else round(mask_iou(mask, truth), 3),
+                                                "box_as_mask_iou": round(mask_iou(as_mask, truth), 3)}
+    return out
+
+
+def mask_seconds(index) -> dict:
+    """What a GrabCut mask (``objsearch.embedders.masks``) costs for the boxes of the indexed
+    objects, each on its photo as the indexer decodes it: median and 90th percentile, ms."""
+    import time
+
+    from objsearch.embedders.masks import grabcut_mask
+    from objsearch.image_decode import decode_image
+
+    seconds = []
+    for path, x1, y1, x2, y2 in index.sql("SELECT path, x1, y1, x2, y2 FROM objects_images ORDER BY object_id")[1]:
+        decoded = decode_image(path)
+        box = np.array([x1, y1, x2, y2]) * decoded.scale
+        started = time.perf_counter()
+        grabcut_mask(decoded.pixels, box)
+        seconds.append(time.perf_counter() - started)
+    return {"objects": len(seconds), "median": round(1e3 * float(np.median(seconds)), 1),
+            "p90": round(1e3 * float(np.quantile(seconds, 0.9)), 1)} if seconds else {}
+
+
+def _decoded(rle: dict, height: int, width: int) -> np.ndarray:
+    """A COCO RLE mask as (height, width) bool, resized when it was made on a scaled copy."""
+    from PIL import Image
+    from pycocotools import mask as mask_utils
+
+    decoded = mask_utils.decode({**rle, "counts": rle["counts"].encode("ascii")}).astype(bool)
+    if decoded.shape != (height, width):
+        decoded = np.asarray(Image.fromarray(decoded).resize((width, height), Image.Resampling.NEAREST))
+    return decoded
+
+
 def recall_by_kind(queries, ranks: list[int | None]) -> dict[str, dict]:
     """kind (and "coco vocabulary", "all") -> {"queries", "R@1", "R@5"}."""
     from objsearch.datasets.real_photos import COCO_VOCABULARY, KINDS
@@ -98,9 +163,13 @@ def recall_by_kind(queries, ranks: list[int | None]) -> dict[str, dict]:
 def markdown(results: dict) -> str:
     """The R@1 / R@5 table by kind, one row per model and mode."""
     kinds = list(results["rows"][0]["by_kind"]) if results["rows"] else []
+    masks = [f"{name}: mask IoU {m['mask_iou']} (its box: {m['box_as_mask_iou']})" for per_model in results.get("masks", {}).values()
+             for name, m in per_model.items() if m]
     lines = ["| model | mode | " + " | ".join(f"{k} ({results['rows'][0]['by_kind'][k]['queries']}) R@1 / R@5" for k in kinds) + " |",
              "|---|---|" + "---|" * len(kinds)]
     for row in results["rows"]:
         cells = [f"{row['by_kind'][k]['R@1']:.2f} / {row['by_kind'][k]['R@5']:.2f}" for k in kinds]
         lines.append(f"| {row['model']} | {row['mode']} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    costs = [f"{model}: a mask costs {c['median']} ms per object (median of {c['objects']}; p90 {c['p90']} ms)"
+             for model, c in results.get("mask_ms_per_object", {}).items() if c]
+    return "\n".join(lines + ([""] + masks if masks else []) + costs)

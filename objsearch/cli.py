@@ -249,10 +249,11 @@ def query(
             hits, title = idx.search_object(object_id, depth, **options), f"like object {object_id}"
         if dedup:
             hits = without_duplicates(idx, hits)[:top_k]
+        masks = idx.masks([h.object_id for h in hits]) if html else {}
     if html:
         from objsearch.render import render_gallery
 
-        render_gallery(hits, html, title=f"objsearch: {title}")
+        render_gallery(hits, html, title=f"objsearch: {title}", masks=masks)
     _export(hits, export, link, crops)
     if output_format != "table":
         from objsearch import export as exports

@@ -63,7 +63,17 @@ def _data_uri(image: Image.Image) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def _card(hit: Hit, thumb: tuple[Image.Image, float, float] | None, thumb_side: int) -> str:
+def draw_mask(image: Image.Image, rle: dict, *, color=(255, 64, 0), opacity: float = 0.35) -> Image.Image:
+    """Return a copy of ``image`` with a COCO RLE mask (of an image of ``rle["size"]`` [H, W], the
+    same photo at any scale) filled in ``color`` at ``opacity``."""
+    from pycocotools import mask as mask_utils
+
+    decoded = mask_utils.decode({**rle, "counts": rle["counts"].encode("ascii") if isinstance(rle["counts"], str) else rle["counts"]})
+    alpha = Image.fromarray((decoded * int(255 * opacity)).astype("uint8")).resize(image.size, Image.Resampling.BILINEAR)
+    return Image.composite(Image.new("RGB", image.size, tuple(color)), image, alpha)
+
+
+def _card(hit: Hit, thumb: tuple[Image.Image, float, float] | None, thumb_side: int, mask: dict | None = None) -> str:
     e = html.escape
     if thumb is None:
         visual = (f'<div class="missing" style="width:{thumb_side}px;height:{thumb_side * 3 // 4}px">'
@@ -71,7 +81,7 @@ def _card(hit: Hit, thumb: tuple[Image.Image, float, float] | None, thumb_side: 
     else:
         im, sx, sy = thumb
         x1, y1, x2, y2 = hit.box_xyxy
-        boxed = draw_box(im, (x1 * sx, y1 * sy, x2 * sx, y2 * sy))
+        boxed = draw_box(draw_mask(im, mask) if mask else im, (x1 * sx, y1 * sy, x2 * sx, y2 * sy))
         visual = (f'<img src="{_data_uri(boxed)}" width="{im.width}" height="{im.height}" '
                   f'alt="{e(hit.label)}">')
     caption = e(hit.caption) if hit.caption is not None else "<em>(no caption)</em>"
@@ -92,11 +102,12 @@ def _scores(hit: Hit) -> str:
 
 
 def render_gallery(hits: Sequence[Hit], out_path: str | os.PathLike, *, title: str,
-                   thumb_side: int = 320) -> Path:
+                   thumb_side: int = 320, masks: dict[int, dict] | None = None) -> Path:
     """Write a self-contained HTML gallery of ``hits`` (in rank order) to ``out_path``.
 
     Thumbnails have max side <= ``thumb_side`` pixels; each hit's box (pixels of the
-    EXIF-oriented original) is scaled onto its thumbnail. Each distinct path is decoded once.
+    EXIF-oriented original) is scaled onto its thumbnail, and its mask (``masks``: object id ->
+    COCO RLE, ``Index.masks``) is filled in. Each distinct path is decoded once.
     Unreadable images get an "image not available" placeholder. The file is written
     atomically (temp file + os.replace); parent directories are created. Returns the path.
     """
@@ -106,7 +117,7 @@ def render_gallery(hits: Sequence[Hit], out_path: str | os.PathLike, *, title: s
     for hit in sorted(hits, key=lambda h: h.rank):
         if hit.path not in cache:
             cache[hit.path] = _load_thumb(hit.path, thumb_side)
-        cards.append(_card(hit, cache[hit.path], thumb_side))
+        cards.append(_card(hit, cache[hit.path], thumb_side, (masks or {}).get(hit.object_id)))
     body = "\n".join(cards) if cards else '<p class="empty">No results</p>'
     page = (
         f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{html.escape(title)}</title>'

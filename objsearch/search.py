@@ -332,6 +332,11 @@ class Index:
             raise NotFound(f"no object with id {object_id} in this index")
         return row
 
+    def masks(self, object_ids: Sequence[int]) -> dict[int, dict]:
+        """object_id -> COCO RLE mask, for those of ``object_ids`` that have one (``size`` is the
+        [H, W] of the image the model saw, which may be the original scaled down)."""
+        return self.catalog.masks_of(object_ids)
+
     def image(self, image_id: int, *, with_objects: bool = True) -> dict:
         """One image's row, with its live objects under ``objects`` (each without its embedding)
         unless ``with_objects`` is false; NotFound when not held."""

@@ -17,10 +17,9 @@ from objsearch.datasets import real_photos
 
 # kind -> (queries found first, queries found in the top 5), per search mode, as measured.
 MEASURED = {
-    "vector": {"coco": (13, 13), "colour": (9, 13), "role": (1, 2), "beyond": (4, 6), "small": (1, 2), "region": (7, 7)},
-    "hybrid": {"coco": (13, 13), "colour": (11, 12), "role": (1, 2), "beyond": (5, 6), "small": (2, 2), "region": (7, 7)},
+    "vector": {"coco": (12, 13), "colour": (10, 12), "role": (1, 3), "beyond": (3, 6), "small": (2, 2), "region": (6, 7)},
+    "hybrid": {"coco": (12, 13), "colour": (10, 12), "role": (1, 3), "beyond": (5, 6), "small": (2, 2), "region": (6, 7)},
 }
-
 
 @pytest.fixture(scope="module")
 def results(bundled_embedder):
@@ -64,3 +63,32 @@ def test_the_cli_writes_the_table_and_refuses_a_bad_mode(tmp_path):
     assert "| bundled | keyword |" in result.output
     written = json.loads((tmp_path / "results.json").read_text())
     assert written["photos"] == 20 and written["rows"][0]["by_kind"]["all"]["queries"] == len(real_photos.load_queries())
+
+
+def test_bundled_objects_have_masks_that_beat_their_boxes_on_the_drawn_outlines(results):
+    """Mask IoU against the hand-drawn outlines, as measured (GrabCut seeded by the box); the box
+    itself taken as a mask is what a mask must beat: on the horse and the eagle by far, while on the
+    dog and the cup (its saucer is the cup's colour) it stays about even."""
+    measured = {"darknet-dog.jpg dog": 0.65, "darknet-person.jpg horse": 0.80, "skimage-coffee.png cup": 0.68, "darknet-eagle.jpg bird": 0.84}
+    quality = results["masks"]["bundled"]
+    for name, at_least in measured.items():
+        assert quality[name]["mask_iou"] >= at_least, (name, quality[name])
+    mean_mask = sum(q["mask_iou"] for q in quality.values()) / len(quality)
+    mean_box = sum(q["box_as_mask_iou"] for q in quality.values()) / len(quality)
+    assert mean_mask > mean_box + 0.1, quality
+
+
+def test_every_bundled_object_has_a_mask_inside_its_box(bundled_index, bundled_embedder):
+    from pycocotools import mask as mask_utils
+
+    from objsearch import open_index
+
+    with open_index(bundled_index, model=bundled_embedder) as index:
+        rows = index.sql("SELECT object_id, x1, y1, x2, y2, mask FROM objects")[1]
+        assert rows and all(mask is not None for *_, mask in rows)
+        for object_id, x1, y1, x2, y2, mask in rows:
+            rle = json.loads(mask)
+            decoded = mask_utils.decode({**rle, "counts": rle["counts"].encode()})
+            ys, xs = decoded.nonzero()
+            assert len(ys), object_id
+            assert xs.min() >= int(x1) - 1 and xs.max() <= x2 + 1 and ys.min() >= int(y1) - 1 and ys.max() <= y2 + 1, object_id

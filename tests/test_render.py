@@ -136,3 +136,15 @@ def test_draw_box_returns_copy():
     assert boxed is not im and im.getpixel((10, 25)) == (0, 0, 0)
     assert boxed.getpixel((10, 25)) == (255, 64, 0) and boxed.getpixel((12, 25)) == (255, 64, 0)
     assert boxed.getpixel((13, 25)) == (0, 0, 0) and boxed.getpixel((25, 25)) == (0, 0, 0)
+
+
+def test_a_mask_is_filled_in_on_the_thumbnail_at_any_scale(tmp_path, img_path):
+    from objsearch.embedders.masks import rle
+
+    half = np.zeros((300, 400), bool)  # the mask of a half-size copy of the 800x600 photo
+    half[50:200, 50:150] = True  # = pixels (100..300, 100..400) of the photo: the box's left part
+    hit = _hit(1, img_path, object_id=7)
+    page = render_gallery([hit], tmp_path / "g.html", title="t", thumb_side=200, masks={7: rle(half)}).read_text()
+    a = np.asarray(_decode(_data_uris(page)[0]).convert("RGB")).astype(int)
+    inside, outside = a[60, 50], a[60, 100]  # thumbnail scale 0.25: the mask covers x 25..75, y 25..100
+    assert inside[0] > inside[2] + 40 and abs(outside[0] - outside[2]) < 10  # tinted orange / still gray

@@ -65,6 +65,31 @@ def load_queries() -> list[RealQuery]:
     return queries
 
 
+@dataclass(frozen=True)
+class DrawnMask:
+    """An object's outline drawn by hand: ``polygon`` (x, y) pixel vertices; ``box`` its box."""
+
+    photo: str
+    object: str
+    box: tuple[float, float, float, float]
+    polygon: list[tuple[float, float]]
+
+    def mask(self, height: int, width: int):
+        """(height, width) bool array, True inside the polygon."""
+        import numpy as np
+        from PIL import Image, ImageDraw
+
+        canvas = Image.new("L", (width, height), 0)
+        ImageDraw.Draw(canvas).polygon([tuple(p) for p in self.polygon], fill=1)
+        return np.asarray(canvas).astype(bool)
+
+
+def load_masks() -> list[DrawnMask]:
+    """The hand-drawn outlines of a few objects (to measure masks against)."""
+    return [DrawnMask(m["photo"], m["object"], tuple(m["box"]), [tuple(p) for p in m["polygon"]])
+            for m in json.loads(ANNOTATIONS.read_text())["masks"]]
+
+
 def photo_names() -> list[str]:
     return sorted(json.loads(ANNOTATIONS.read_text())["photos"])
 

@@ -9,8 +9,12 @@ weights exist offline, so an object is put into the text space by *describing* i
 
 and its look is kept in an appearance part that text queries ignore:
 
-    appearance = [random projection of RoI-pooled detector backbone features (96-d),
-                  centre-weighted HSV colour histogram (32-d)]
+    appearance = [random projection of detector backbone features pooled over its mask (96-d),
+                  HSV colour histogram of its mask's pixels (32-d)]
+
+Each object's mask comes from GrabCut seeded by its box (``objsearch.embedders.masks``); it is
+stored (COCO RLE), and the colour, histogram and pooled features are read from its pixels rather
+than the box's, so the wall behind a bicycle no longer names its colour.
 
     object embedding = [sqrt(TEXT_SHARE) * text part, sqrt(1 - TEXT_SHARE) * appearance]  (512-d)
     text query       = [MiniLM(query), zeros(128)]
@@ -32,13 +36,14 @@ from objsearch.box_ops import box_iou
 from objsearch.embedders.base import Detections, register_embedder
 from objsearch.embedders.colour import HIST_DIM, colour_histogram, dominant_colour
 from objsearch.embedders.imagenet import ImageNetClassifier
+from objsearch.embedders.masks import grabcut_mask, rle
+from objsearch.embedders.ssd import FEATURE_DIM, SsdDetector, masked_mean_features
 from objsearch.model.sentence_encoder import SentenceEncoder
-from objsearch.embedders.ssd import FEATURE_DIM, SsdDetector, roi_mean_features
 
 logger = logging.getLogger(__name__)
 
 # Bump whenever anything below changes the embeddings: indexes record it and refuse a mismatch.
-VERSION = "ssd-mobilenet-v2-coco+efficientnet-lite3+all-minilm-l6-v2/1"
+VERSION = "ssd-mobilenet-v2-coco+efficientnet-lite3+all-minilm-l6-v2/2"  # 2: masks; colour and appearance from them
 TEXT_SHARE = 0.8  # share of an object embedding's squared norm that lives in the text space
 BACKBONE_PROJECTED_DIM = 96
 BACKBONE_SHARE = 0.6  # share of the appearance part given to backbone features (rest: colour)
@@ -100,7 +105,7 @@ class BundledEmbedder:
             for i, row in enumerate(ious):
                 if row.max() >= 0.5:
                     labels[i] = out.labels[int(row.argmax())]
-        embeddings, _, _ = self._describe(image, out.features, boxes_norm, labels)
+        embeddings, _, _, _ = self._describe(image, out.features, boxes_norm, labels)
         return embeddings
 
     # -- internals -----------------------------------------------------------------------------
@@ -113,7 +118,7 @@ class BundledEmbedder:
             boxes_norm = np.concatenate([boxes_norm, whole])
             scores = np.concatenate([scores, [scene_prob]]).astype(np.float32)
             labels.append(scene_label)
-        embeddings, labels, captions = self._describe(image, out.features, boxes_norm, labels)
+        embeddings, labels, captions, masks = self._describe(image, out.features, boxes_norm, labels)
         height, width = image.shape[:2]
         return Detections(
             boxes_xyxy=boxes_norm * np.array([width, height, width, height], np.float32),
@@ -121,19 +126,23 @@ class BundledEmbedder:
             labels=labels,
             embeddings=embeddings,
             captions=captions,
+            masks=[rle(m) for m in masks],
         )
 
     def _describe(self, image, features, boxes_norm, labels: list[str | None]):
         """Embed each normalised box; a None label is filled from the classifier.
 
-        Returns ((N, embed_dim) embeddings, N labels, N captions).
+        Returns ((N, embed_dim) embeddings, N labels, N captions, N (H, W) bool masks).
         """
         height, width = image.shape[:2]
-        primary, secondary, weights, captions, final_labels, hists = [], [], [], [], [], []
+        primary, secondary, weights, captions, final_labels, hists, masks = [], [], [], [], [], [], []
         for (x1, y1, x2, y2), label in zip(boxes_norm, labels):
-            crop = image[int(y1 * height) : max(int(np.ceil(y2 * height)), int(y1 * height) + 1),
-                         int(x1 * width) : max(int(np.ceil(x2 * width)), int(x1 * width) + 1)]  # fmt: skip
-            colour = dominant_colour(crop)
+            rows = slice(int(y1 * height), max(int(np.ceil(y2 * height)), int(y1 * height) + 1))
+            cols = slice(int(x1 * width), max(int(np.ceil(x2 * width)), int(x1 * width) + 1))
+            crop = image[rows, cols]
+            mask = grabcut_mask(image, (x1 * width, y1 * height, x2 * width, y2 * height))
+            masks.append(mask)
+            colour = dominant_colour(crop, mask[rows, cols])
             fine_label, fine_prob = self.classifier.top1(crop)
             label = label or fine_label
             caption = with_article(f"{colour} {label}")
@@ -145,19 +154,19 @@ class BundledEmbedder:
             weights.append(CLASSIFIER_TEXT_WEIGHT * fine_prob if use_fine else 0.0)
             captions.append(caption)
             final_labels.append(label)
-            hists.append(colour_histogram(crop))
+            hists.append(colour_histogram(crop, mask[rows, cols]))
         if not final_labels:
-            return np.zeros((0, self.embed_dim), np.float32), [], []
+            return np.zeros((0, self.embed_dim), np.float32), [], [], []
         encoded = self.text.encode(primary + secondary)
         n = len(primary)
         text_part = _normalise(encoded[:n] + np.asarray(weights, np.float32)[:, None] * encoded[n:])
-        backbone = _normalise(np.sqrt(roi_mean_features(features, boxes_norm)))
+        backbone = _normalise(np.sqrt(masked_mean_features(features, boxes_norm, masks)))
         appearance = np.concatenate(
             [np.sqrt(BACKBONE_SHARE) * _normalise(backbone @ self._projection), np.sqrt(1 - BACKBONE_SHARE) * np.stack(hists)],
             axis=1,
         )
         embeddings = np.concatenate([np.sqrt(TEXT_SHARE) * text_part, np.sqrt(1 - TEXT_SHARE) * appearance], axis=1)
-        return _normalise(embeddings), final_labels, captions
+        return _normalise(embeddings), final_labels, captions, masks
 
 
 @register_embedder("bundled")

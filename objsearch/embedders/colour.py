@@ -1,7 +1,14 @@
-"""Colour description of an object crop: a dominant colour name and a hue/saturation/value histogram.
+"""Colour description of an object: a dominant colour name and a hue/saturation/value histogram.
 
-Pixels near the centre of the box count more (Gaussian weight), since the box edges are mostly
-background. Inputs are (H, W, 3) uint8 RGB crops.
+With a mask (the object's own pixels, ``objsearch.embedders.masks``) only those pixels count; without
+one, pixels near the centre of the box count more (Gaussian weight) and a colour that also fills the
+box's border band (the background around a box that fits its object) loses most of its votes.
+An object whose chromatic pixels (hue named) hold at least CHROMATIC_MIN_SHARE of the votes is
+named by its leading hue: a blue bus is also its grey windows and black tyres. Otherwise it is
+white, grey or black, and its brightness decides which: JPEG noise and shadows pull single pixels
+of a white object to grey (a white horse in shade is mostly grey pixels), so the name follows the
+brighter quantiles of its achromatic pixels.
+Inputs are (H, W, 3) uint8 RGB crops and (H, W) bool masks of the same size.
 """
 
 from __future__ import annotations
@@ -66,33 +73,53 @@ def pixel_colour_names(hsv: np.ndarray) -> np.ndarray:
     return names
 
 
-def dominant_colour(crop: np.ndarray) -> str:
-    """Name of the colour covering the largest share of the object, not of its background.
+ACHROMATIC = tuple(COLOUR_NAMES.index(n) for n in ("black", "white", "gray"))
+CHROMATIC_MIN_SHARE = 0.25  # an object this colourful (share of its votes) is named by its leading hue
+WHITE_MIN_VALUE = 0.72  # achromatic pixels this bright at the object's 75th percentile: white
+BLACK_MAX_VALUE = 0.25  # ... this dark at its median: black; between: gray
 
-    Votes are centre-weighted, and a colour that also fills the crop's border band (the
-    background around the object, for a box that fits it) loses most of its votes.
-    """
-    if crop.size == 0:
+
+def dominant_colour(crop: np.ndarray, mask: np.ndarray | None = None) -> str:
+    """Name of the colour covering the largest share of the object (its ``mask`` pixels, or the
+    crop's centre-weighted pixels less the background's colours), not of its background."""
+    if crop.size == 0 or (mask is not None and not mask.any()):
         return "gray"
-    names = pixel_colour_names(rgb_to_hsv(_subsample(crop)))
-    votes = np.bincount(names.ravel(), weights=_centre_weights(*names.shape).ravel(), minlength=len(COLOUR_NAMES))
-    band = max(1, min(names.shape) // 10)
-    border = np.concatenate([names[:band].ravel(), names[-band:].ravel(), names[:, :band].ravel(), names[:, -band:].ravel()])
-    border_share = np.bincount(border, minlength=len(COLOUR_NAMES)) / max(len(border), 1)
-    return COLOUR_NAMES[int(np.argmax(votes * (1.0 - 0.8 * border_share)))]
+    hsv = rgb_to_hsv(_subsample(crop))
+    names = pixel_colour_names(hsv)
+    if mask is not None:
+        inside = _subsample(mask)
+        weights = inside.astype(np.float64)
+        factor = np.ones(len(COLOUR_NAMES))
+    else:
+        weights = _centre_weights(*names.shape)
+        band = max(1, min(names.shape) // 10)
+        border = np.concatenate([names[:band].ravel(), names[-band:].ravel(), names[:, :band].ravel(), names[:, -band:].ravel()])
+        factor = 1.0 - 0.8 * np.bincount(border, minlength=len(COLOUR_NAMES)) / max(len(border), 1)
+    votes = np.bincount(names.ravel(), weights=weights.ravel(), minlength=len(COLOUR_NAMES)) * factor
+    chromatic = votes.copy()
+    chromatic[list(ACHROMATIC)] = 0
+    if chromatic.sum() >= CHROMATIC_MIN_SHARE * votes.sum():
+        return COLOUR_NAMES[int(np.argmax(chromatic))]
+    grey_pixels = np.isin(names, ACHROMATIC) & (weights > 0.5 * weights.max())
+    values = hsv[..., 2][grey_pixels] if grey_pixels.any() else hsv[..., 2][weights > 0]
+    if np.quantile(values, 0.75) >= WHITE_MIN_VALUE:
+        return "white"
+    return "black" if np.median(values) <= BLACK_MAX_VALUE else "gray"
 
 
-def colour_histogram(crop: np.ndarray) -> np.ndarray:
-    """(HIST_DIM,) float32 centre-weighted HSV histogram, L2-normalised (zeros for an empty crop)."""
+def colour_histogram(crop: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+    """(HIST_DIM,) float32 HSV histogram of the ``mask`` pixels (else centre-weighted), L2-normalised
+    (zeros for an empty crop or mask)."""
     hist = np.zeros(HIST_DIM, dtype=np.float32)
-    if crop.size == 0:
+    if crop.size == 0 or (mask is not None and not mask.any()):
         return hist
     hsv = rgb_to_hsv(_subsample(crop))
     hue = np.minimum((hsv[..., 0] / 360.0 * HIST_HUE_BINS).astype(np.int64), HIST_HUE_BINS - 1)
     sat = np.minimum((hsv[..., 1] * HIST_SAT_BINS).astype(np.int64), HIST_SAT_BINS - 1)
     val = np.minimum((hsv[..., 2] * HIST_VAL_BINS).astype(np.int64), HIST_VAL_BINS - 1)
     bins = (hue * HIST_SAT_BINS + sat) * HIST_VAL_BINS + val
-    hist += np.bincount(bins.ravel(), weights=_centre_weights(*bins.shape).ravel(), minlength=HIST_DIM).astype(np.float32)
+    weights = _subsample(mask).astype(np.float64) if mask is not None else _centre_weights(*bins.shape)
+    hist += np.bincount(bins.ravel(), weights=weights.ravel(), minlength=HIST_DIM).astype(np.float32)
     # sqrt (Hellinger) so one dominant bin does not swamp the cosine.
     hist = np.sqrt(hist)
     return hist / max(float(np.linalg.norm(hist)), 1e-12)

@@ -91,3 +91,19 @@ def roi_mean_features(features: np.ndarray, boxes_norm: np.ndarray) -> np.ndarra
         c1, r1 = max(c1, c0 + 1), max(r1, r0 + 1)
         out[i] = features[:, r0:r1, c0:c1].mean(axis=(1, 2))
     return out
+
+
+def masked_mean_features(features: np.ndarray, boxes_norm: np.ndarray, masks: list[np.ndarray]) -> np.ndarray:
+    """Average a (C, h, w) feature map over each object's (H, W) bool mask -> (N, C): each cell
+    weighted by the share of it the mask covers. A mask too small to cover a tenth of one cell
+    falls back to its box (``roi_mean_features``)."""
+    import cv2
+
+    channels, height, width = features.shape
+    out = roi_mean_features(features, boxes_norm)
+    flat = features.reshape(channels, -1)
+    for i, mask in enumerate(masks):
+        cover = cv2.resize(mask.astype(np.float32), (width, height), interpolation=cv2.INTER_AREA).ravel()
+        if cover.sum() >= 0.1:
+            out[i] = flat @ cover / cover.sum()
+    return out

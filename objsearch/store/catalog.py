@@ -201,6 +201,16 @@ class Catalog:
         names, rows = self._query("SELECT * FROM objects_meta WHERE image_id = $id ORDER BY object_id", {"id": int(image_id)})
         return [dict(zip(names, row)) for row in rows]
 
+    def masks_of(self, object_ids) -> dict[int, dict]:
+        """object_id -> its mask (COCO RLE, ``size`` [H, W] of the image the model saw) for those of
+        ``object_ids`` that have one."""
+        ids = [int(i) for i in object_ids]
+        if not ids:
+            return {}
+        rows = self._query("SELECT object_id, mask FROM objects_meta WHERE object_id IN (SELECT unnest($ids)) AND mask IS NOT NULL",
+                           {"ids": ids})[1]
+        return {object_id: json.loads(mask) for object_id, mask in rows}
+
     def label_counts(self) -> list[tuple[str, int]]:
         """(label, live objects) for every label, most frequent first."""
         return self._query("SELECT label, count(*) AS n FROM objects_meta GROUP BY label ORDER BY n DESC, label")[1]

@@ -1,0 +1,81 @@
+"""Object masks from boxes: OpenCV's GrabCut, seeded by the box, on a small copy of its region.
+
+GrabCut (Rother, Kolmogorov and Blake, 2004) fits two colour mixtures, one to the pixels outside
+the box (background for sure) and one to those inside (foreground, probably), and cuts the box's
+pixels between them with a graph cut. The region is the box grown by MARGIN on each side, so the
+background model sees the object's surroundings; it is shrunk to at most WORK_SIDE pixels a side
+first (the cost grows with its pixels), and the cut is scaled back to the box.
+
+Inputs are (H, W, 3) uint8 RGB images and xyxy pixel boxes; a mask is (H, W) bool, True inside the
+object, False everywhere outside its box.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+WORK_SIDE = 96  # pixels: the longest side of the region GrabCut works on
+ITERATIONS = 2
+MARGIN = 0.1  # the region around the box, as a share of the box's width and height
+MIN_SHARE = 0.05  # a cut keeping less of the box than this failed: the box itself is the mask
+
+
+def grabcut_mask(image: np.ndarray, box_xyxy) -> np.ndarray:
+    """(H, W) bool mask of the object in ``box_xyxy`` (pixels) of ``image``."""
+    import cv2
+
+    height, width = image.shape[:2]
+    x1, y1, x2, y2 = _clip(box_xyxy, width, height)
+    mask = np.zeros((height, width), bool)
+    if x2 - x1 < 2 or y2 - y1 < 2:
+        mask[y1:y2, x1:x2] = True
+        return mask
+    mx, my = int(round(MARGIN * (x2 - x1))), int(round(MARGIN * (y2 - y1)))
+    rx1, ry1, rx2, ry2 = max(0, x1 - mx), max(0, y1 - my), min(width, x2 + mx), min(height, y2 + my)
+    region = image[ry1:ry2, rx1:rx2]
+    scale = min(1.0, WORK_SIDE / max(region.shape[:2]))
+    small = cv2.resize(region, (max(2, round(region.shape[1] * scale)), max(2, round(region.shape[0] * scale))),
+                       interpolation=cv2.INTER_AREA) if scale < 1 else region
+    sh, sw = small.shape[:2]
+    # The box in the small region, at least a pixel inside it on every side: GrabCut needs some
+    # background, so where the box meets the image's edge the outermost pixels are taken for it.
+    bx1, by1 = int(np.clip((x1 - rx1) * scale, 1, sw - 2)), int(np.clip((y1 - ry1) * scale, 1, sh - 2))
+    bx2, by2 = int(np.clip(np.ceil((x2 - rx1) * scale), bx1 + 1, sw - 1)), int(np.clip(np.ceil((y2 - ry1) * scale), by1 + 1, sh - 1))
+    cut = np.zeros((sh, sw), np.uint8)
+    models = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
+    try:
+        cv2.grabCut(np.ascontiguousarray(small[..., ::-1]), cut, (bx1, by1, bx2 - bx1, by2 - by1), *models, ITERATIONS,
+                    cv2.GC_INIT_WITH_RECT)
+    except cv2.error:  # a degenerate region (one colour): no cut to make
+        mask[y1:y2, x1:x2] = True
+        return mask
+    foreground = ((cut == cv2.GC_FGD) | (cut == cv2.GC_PR_FGD)).astype(np.float32)
+    full = cv2.resize(foreground, (rx2 - rx1, ry2 - ry1), interpolation=cv2.INTER_LINEAR) >= 0.5 if scale < 1 else foreground >= 0.5
+    inside = np.zeros_like(full)
+    inside[y1 - ry1:y2 - ry1, x1 - rx1:x2 - rx1] = full[y1 - ry1:y2 - ry1, x1 - rx1:x2 - rx1]
+    if inside.sum() < MIN_SHARE * (x2 - x1) * (y2 - y1):
+        mask[y1:y2, x1:x2] = True
+        return mask
+    mask[ry1:ry2, rx1:rx2] = inside
+    return mask
+
+
+def _clip(box_xyxy, width: int, height: int) -> tuple[int, int, int, int]:
+    x1, y1, x2, y2 = (float(v) for v in box_xyxy)
+    x1, x2 = int(np.clip(np.floor(x1), 0, width)), int(np.clip(np.ceil(x2), 0, width))
+    y1, y2 = int(np.clip(np.floor(y1), 0, height)), int(np.clip(np.ceil(y2), 0, height))
+    return x1, y1, max(x2, x1), max(y2, y1)
+
+
+def rle(mask: np.ndarray) -> dict:
+    """A (H, W) bool mask as COCO RLE (``counts`` as ASCII text, ``size`` [H, W])."""
+    from pycocotools import mask as mask_utils
+
+    encoded = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return {"size": [int(v) for v in encoded["size"]], "counts": encoded["counts"].decode("ascii")}
+
+
+def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
+    """Intersection over union of two (H, W) bool masks (0 when both are empty)."""
+    union = np.logical_or(a, b).sum()
+    return float(np.logical_and(a, b).sum() / union) if union else 0.0
