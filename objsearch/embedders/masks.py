@@ -43,6 +43,7 @@ def grabcut_mask(image: np.ndarray, box_xyxy) -> np.ndarray:
     bx2, by2 = int(np.clip(np.ceil((x2 - rx1) * scale), bx1 + 1, sw - 1)), int(np.clip(np.ceil((y2 - ry1) * scale), by1 + 1, sh - 1))
     cut = np.zeros((sh, sw), np.uint8)
     models = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
+    cv2.setRNGSeed(0)  # GrabCut seeds its colour models by k-means from OpenCV's global RNG: same pixels, same mask
     try:
         cv2.grabCut(np.ascontiguousarray(small[..., ::-1]), cut, (bx1, by1, bx2 - bx1, by2 - by1), *models, ITERATIONS,
                     cv2.GC_INIT_WITH_RECT)
