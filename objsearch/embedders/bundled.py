@@ -95,7 +95,9 @@ class BundledEmbedder:
         return np.concatenate([text_part, np.zeros((len(texts), self.embed_dim - self.text.dim), np.float32)], axis=1)
 
     def embed_regions(self, image: np.ndarray, boxes_xyxy: np.ndarray) -> np.ndarray:
-        """A user-drawn box takes the label of the detection it overlaps (IoU >= 0.5), if any."""
+        """A user-drawn box that overlaps a detection (IoU >= 0.5) is described as that detection
+        (its label, and its box for the mask, colour and features), so a box drawn around an
+        indexed object finds that object first; other boxes are described as drawn."""
         out = self.detector([image])[0]
         height, width = image.shape[:2]
         boxes_norm = np.asarray(boxes_xyxy, dtype=np.float32).reshape(-1, 4) / np.array([width, height, width, height], np.float32)
@@ -105,6 +107,7 @@ class BundledEmbedder:
             for i, row in enumerate(ious):
                 if row.max() >= 0.5:
                     labels[i] = out.labels[int(row.argmax())]
+                    boxes_norm[i] = out.boxes_norm[int(row.argmax())]
         embeddings, _, _, _ = self._describe(image, out.features, boxes_norm, labels)
         return embeddings
 
