@@ -266,8 +266,7 @@ def query(
         typer.echo("no results")
     for h in hits:
         x1, y1, x2, y2 = (round(v) for v in h.box_xyxy)
-        score = h.similarity if h.similarity is not None else h.keyword_score
-        typer.echo(f"{h.rank:>3}  {score:.3f}  {h.label:<16} [{x1},{y1},{x2},{y2}]  {h.path}  (object {h.object_id}: {h.caption})")
+        typer.echo(f"{h.rank:>3}  {h.ranking_score:.3f}  {h.label:<16} [{x1},{y1},{x2},{y2}]  {h.path}  (object {h.object_id}: {h.caption})")
     if html:
         typer.echo(f"gallery: {html}")
 

@@ -36,7 +36,9 @@ logger = logging.getLogger(__name__)
 
 MAX_QUERY_CHARS = 10_000  # longer text is refused: the text encoder reads ~128 tokens anyway
 SEARCH_MODES = ("vector", "keyword", "hybrid")
-FUSION_DEPTH = 100  # a keyword or hybrid search ranks (and fuses) at least each side's best this many
+KEYWORD_DEPTH = 100  # a keyword search asks for at least this many
+FUSION_DEPTH = 1000  # a hybrid search fuses each side's best this many, whatever its k: a page of
+# hits and the next are cut from one ranking (fusing the best 100 and the best 130 would rank differently)
 
 
 @dataclass
@@ -160,7 +162,7 @@ class Index:
         """The FTS5 expression for the words of ``query``'s text terms (``keywords.match_expression``);
         None in hybrid mode when the query has no words (its vector ranking stands alone)."""
         if mode == "keyword" and any(term.kind != "text" for term in query.terms):
-            raise BadQuery("a keyword search matches words: an @object or @image term needs --mode vector or hybrid")
+            raise BadQuery("a keyword search matches words: an @object or @image term needs the vector or hybrid mode")
         self.keywords.check_available()
         positive = [w for t in query.terms if t.kind == "text" and t.weight > 0 for w in keywords.query_words(_check_text(t.text))]
         negative = [w for t in query.terms if t.kind == "text" and t.weight < 0 for w in keywords.query_words(_check_text(t.text))]
@@ -268,7 +270,8 @@ class Index:
             raise BadQuery("k must be at least 1")
         deadline = self.catalog.deadline()
         allowed = self.catalog.filter_object_ids(where, deadline) if where else None
-        depth = max(FUSION_DEPTH, (k + len(exclude)) * (4 if per_image else 1))
+        wanted = (k + len(exclude)) * (4 if per_image else 1)
+        depth = FUSION_DEPTH if embedding is not None else max(KEYWORD_DEPTH, wanted)
         while True:
             ranking = rank(depth, allowed, deadline)
             hits = self._select(ranking, k, per_image, set(exclude), deadline)
@@ -289,11 +292,16 @@ class Index:
                 min_similarity: float | None = None) -> list[Hit]:
         """The first k objects of ``ranking`` that still have a row (a hit each), leaving out
         ``exclude``, later objects of an image already shown when ``per_image``, and everything
-        from the first similarity below ``min_similarity`` on."""
-        rows = self.catalog.rows_for_objects(ranking.ids, deadline)
+        from the first similarity below ``min_similarity`` on. Rows are read for a prefix of the
+        ranking at a time (2k ids, then twice as many), not for all of a deep one."""
         hits: list[Hit] = []
         seen_images: set[int] = set()
+        rows: dict[int, dict] = {}
+        read = 0
         for position, object_id in enumerate(ranking.ids.tolist()):
+            if position == read:
+                read = min(len(ranking.ids), max(2 * k, 2 * read, 64))
+                rows.update(self.catalog.rows_for_objects(ranking.ids[position:read], deadline))
             row = rows.get(object_id)
             if row is None or object_id in exclude:
                 continue

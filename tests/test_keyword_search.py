@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import sqlite3
 import time
 
 import numpy as np
@@ -160,7 +161,7 @@ def test_keyword_and_hybrid_search_honour_where_per_image_and_removed_images(tmp
 @pytest.mark.parametrize("call, words", [
     (lambda index: index.search("red", 5, mode="fuzzy"), "unknown search mode"),
     (lambda index: index.search("red", 5, mode="keyword", min_score=0.5), "vector search only"),
-    (lambda index: index.search("red + @0", 5, mode="keyword"), "needs --mode vector or hybrid"),
+    (lambda index: index.search("red + @0", 5, mode="keyword"), "needs the vector or hybrid mode"),
     (lambda index: index.search("!!", 5, mode="keyword"), "at least one word"),
     (lambda index: index.search(" ".join(f"w{i}" for i in range(100)), 5, mode="keyword"), "at most 64 words"),
 ])
@@ -267,3 +268,58 @@ def test_an_index_of_the_previous_format_is_searched_by_vector_and_upgraded_by_i
     with open_index(root, model=build_blobs()) as index:
         assert index.search("red", 3, mode="keyword")
     assert not check_index(root)
+
+
+def test_the_best_keyword_hits_are_the_best_by_the_weighted_score(tmp_path):
+    """Each segment's LIMIT keeps the best by the score that ranks them (label words weighted),
+    not by FTS5's default unweighted bm25."""
+    n = 2000
+    rng = np.random.default_rng(0)
+    labels = ["dog" if rng.random() < 0.3 else "cat" for _ in range(n)]
+    captions = [" ".join(["a"] + ["dog"] * int(rng.integers(0, 3)) + ["thing"] * int(rng.integers(1, 8))) for _ in range(n)]
+    keywords.write_keywords(tmp_path / "k.sqlite", np.arange(n), labels, captions)
+    unused = FileEntry("unused", 0, "")
+    manifest = Manifest(EmbedderInfo("test", "1", 4), segments=[Segment(unused, unused, "", n, 0, n - 1, keywords=FileEntry("k.sqlite", 0, ""))])
+    searcher = keywords.KeywordSet(tmp_path, manifest, np.zeros(0, np.int64))
+    best = searcher.search('"dog"', 10)
+    searcher.close()
+    con = sqlite3.connect(tmp_path / "k.sqlite")
+    weighted = con.execute(f"SELECT rowid, bm25(terms, {keywords.LABEL_WEIGHT}, 1.0) AS s FROM terms WHERE terms MATCH '\"dog\"' "
+                           "ORDER BY s, rowid LIMIT 10").fetchall()
+    con.close()
+    assert best[1].tolist() == [row[0] for row in weighted]
+    assert best[0] == pytest.approx([-row[1] for row in weighted])
+
+
+class _RandomTexts:
+    """Embeds every text as one fixed random unit vector: a vector ranking unrelated to the words."""
+
+    name, version, embed_dim = "random-texts", "1", 16
+
+    def embed_texts(self, texts):
+        vector = np.random.default_rng(1).standard_normal(self.embed_dim).astype(np.float32)
+        return np.tile(vector / np.linalg.norm(vector), (len(texts), 1))
+
+
+def test_a_hybrid_ranking_does_not_depend_on_how_many_hits_are_asked_for(tmp_path):
+    """Pages are cut from one ranking: the first k of 400 hits are the hits of a k search, where the
+    vector and keyword rankings disagree (random embeddings, random caption words)."""
+    from objsearch.embedders.base import Detections
+    from objsearch.store.commit import ImageRecord
+    from objsearch.store.manifest import EmbedderInfo as Info
+
+    rng = np.random.default_rng(0)
+    words = ["red", "blue", "green", "box", "ball", "cup"]
+    root = tmp_path / "idx"
+    with IndexWriter(root, Info("random-texts", "1", 16)) as writer:
+        for image in range(300):
+            vectors = rng.standard_normal((2, 16)).astype(np.float32)
+            vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+            captions = [" ".join(rng.choice(words, 3)) for _ in range(2)]
+            writer.add_image(ImageRecord(f"/p/{image}.jpg", 1, image, f"{image:032x}", 100, 100),
+                             Detections(np.tile([0, 0, 10, 10], (2, 1)), np.ones(2), ["thing"] * 2, vectors, captions=captions))
+        writer.commit()
+    with open_index(root, model=_RandomTexts()) as index:
+        deep = [h.object_id for h in index.search("red ball", 400, mode="hybrid")]
+        for k in (5, 30, 150):
+            assert [h.object_id for h in index.search("red ball", k, mode="hybrid")] == deep[:k], k

@@ -1,10 +1,11 @@
 """A real-photo retrieval set: 20 photos that ship inside packages, and text and region queries with
 boxes drawn by hand (``real_photos.json`` beside this module).
 
-The photos are copied at run time from scikit-image, scikit-learn and matplotlib (installed with
-objsearch), Debian's ``darknet`` package (``$OBJSEARCH_DARKNET_DATA`` or ``/usr/share/darknet/data``)
-and ultralytics' wheel (``$OBJSEARCH_ULTRALYTICS_WHEEL``: the .whl file, or a folder holding one;
-only two JPEGs are read out of it, nothing is installed). None is committed to this repository.
+The photos are copied at run time from scikit-image, scikit-learn and matplotlib (objsearch's
+``dev`` and ``demo`` extras install them), Debian's ``darknet`` package (``$OBJSEARCH_DARKNET_DATA``
+or ``/usr/share/darknet/data``) and ultralytics' wheel (``$OBJSEARCH_ULTRALYTICS_WHEEL``: the .whl
+file, or a folder holding one; only two JPEGs are read out of it, nothing is installed; `make test`
+downloads it). None is committed to this repository.
 
 Query kinds: ``coco`` (a COCO label: "dog"), ``colour`` (a colour and a label: "white horse"),
 ``role`` (what a person is doing or is: "an astronaut"), ``beyond`` (objects without a COCO class:
@@ -18,7 +19,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import shutil
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +31,7 @@ COCO_VOCABULARY = ("coco", "colour", "role")  # queries about objects of COCO's 
 DARKNET_DIRS = ("/usr/share/darknet/data",)
 DARKNET_ENV = "OBJSEARCH_DARKNET_DATA"
 ULTRALYTICS_ENV = "OBJSEARCH_ULTRALYTICS_WHEEL"
+ULTRALYTICS_VERSION = "8.4.190"  # the wheel `make test` downloads; another version is used if it is the one found
 
 
 class MissingPhotos(ObjsearchError):
@@ -106,7 +107,7 @@ def gather(dest: str | os.PathLike) -> Path:
             continue
         try:
             _copy(source, file_name, dest / name)
-        except FileNotFoundError as exc:
+        except (FileNotFoundError, KeyError, zipfile.BadZipFile) as exc:
             missing.append(f"{name} ({exc})")
     if missing:
         raise MissingPhotos(f"{len(missing)} photos of the real-photo set are not on this machine: {'; '.join(missing)}. "
@@ -116,14 +117,19 @@ def gather(dest: str | os.PathLike) -> Path:
 
 
 def _copy(source: str, file_name: str, target: Path) -> None:
+    """Copy one photo to ``target`` whole or not at all (a file left there is taken as copied)."""
     if source == "ultralytics":
-        with zipfile.ZipFile(_ultralytics_wheel()) as wheel, wheel.open(f"ultralytics/assets/{file_name}") as member:
-            target.write_bytes(member.read())
-        return
-    folder = _source_folder(source)
-    if not (folder / file_name).is_file():
-        raise FileNotFoundError(f"no {file_name} in {folder}")
-    shutil.copyfile(folder / file_name, target)
+        wheel_path = _ultralytics_wheel()
+        with zipfile.ZipFile(wheel_path) as wheel, wheel.open(f"ultralytics/assets/{file_name}") as member:
+            data = member.read()
+    else:
+        folder = _source_folder(source)
+        if not (folder / file_name).is_file():
+            raise FileNotFoundError(f"no {file_name} in {folder}")
+        data = (folder / file_name).read_bytes()
+    partial = target.with_name(f".{target.name}.partial")
+    partial.write_bytes(data)
+    os.replace(partial, target)
 
 
 def _source_folder(source: str) -> Path:
@@ -144,7 +150,8 @@ def _ultralytics_wheel() -> Path:
     given = os.environ.get(ULTRALYTICS_ENV, "")
     path = Path(given) if given else None
     if path is not None and path.is_dir():
-        path = next(iter(sorted(path.glob("ultralytics-*.whl"))), None)
+        wheels = sorted(path.glob(f"ultralytics-{ULTRALYTICS_VERSION}-*.whl")) or sorted(path.glob("ultralytics-*.whl"))
+        path = wheels[0] if wheels else None
     if path is None or not path.is_file():
         raise FileNotFoundError(f"ultralytics' wheel not found (pip download --no-deps ultralytics, then set ${ULTRALYTICS_ENV})")
     return path

@@ -86,11 +86,11 @@ def dominant_colour(crop: np.ndarray, mask: np.ndarray | None = None) -> str:
         return "gray"
     hsv = rgb_to_hsv(_subsample(crop))
     names = pixel_colour_names(hsv)
-    if mask is not None:
-        inside = _subsample(mask)
+    inside = None if mask is None else _subsample(mask)
+    if inside is not None and inside.any():
         weights = inside.astype(np.float64)
         factor = np.ones(len(COLOUR_NAMES))
-    else:
+    else:  # no mask, or one too thin to leave a pixel on the subsampling grid: the box's centre
         weights = _centre_weights(*names.shape)
         band = max(1, min(names.shape) // 10)
         border = np.concatenate([names[:band].ravel(), names[-band:].ravel(), names[:, :band].ravel(), names[:, -band:].ravel()])
@@ -118,7 +118,8 @@ def colour_histogram(crop: np.ndarray, mask: np.ndarray | None = None) -> np.nda
     sat = np.minimum((hsv[..., 1] * HIST_SAT_BINS).astype(np.int64), HIST_SAT_BINS - 1)
     val = np.minimum((hsv[..., 2] * HIST_VAL_BINS).astype(np.int64), HIST_VAL_BINS - 1)
     bins = (hue * HIST_SAT_BINS + sat) * HIST_VAL_BINS + val
-    weights = _subsample(mask).astype(np.float64) if mask is not None else _centre_weights(*bins.shape)
+    inside = None if mask is None else _subsample(mask)
+    weights = inside.astype(np.float64) if inside is not None and inside.any() else _centre_weights(*bins.shape)
     hist += np.bincount(bins.ravel(), weights=weights.ravel(), minlength=HIST_DIM).astype(np.float32)
     # sqrt (Hellinger) so one dominant bin does not swamp the cosine.
     hist = np.sqrt(hist)

@@ -37,16 +37,19 @@ def grabcut_mask(image: np.ndarray, box_xyxy) -> np.ndarray:
     small = cv2.resize(region, (max(2, round(region.shape[1] * scale)), max(2, round(region.shape[0] * scale))),
                        interpolation=cv2.INTER_AREA) if scale < 1 else region
     sh, sw = small.shape[:2]
-    # The box in the small region, at least a pixel inside it on every side: GrabCut needs some
-    # background, so where the box meets the image's edge the outermost pixels are taken for it.
-    bx1, by1 = int(np.clip((x1 - rx1) * scale, 1, sw - 2)), int(np.clip((y1 - ry1) * scale, 1, sh - 2))
-    bx2, by2 = int(np.clip(np.ceil((x2 - rx1) * scale), bx1 + 1, sw - 1)), int(np.clip(np.ceil((y2 - ry1) * scale), by1 + 1, sh - 1))
-    cut = np.zeros((sh, sw), np.uint8)
+    # The box in the small region: probably the object inside, surely background outside. Where the
+    # box fills the whole region (a box over the whole photo) GrabCut has no background to learn
+    # from, so there alone the region's outermost pixels are taken for background.
+    bx1, by1 = int((x1 - rx1) * scale), int((y1 - ry1) * scale)
+    bx2, by2 = max(int(np.ceil((x2 - rx1) * scale)), bx1 + 1), max(int(np.ceil((y2 - ry1) * scale)), by1 + 1)
+    if (bx1, by1, bx2, by2) == (0, 0, sw, sh):
+        bx1, by1, bx2, by2 = 1, 1, sw - 1, sh - 1
+    cut = np.full((sh, sw), cv2.GC_BGD, np.uint8)
+    cut[by1:by2, bx1:bx2] = cv2.GC_PR_FGD
     models = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
     cv2.setRNGSeed(0)  # GrabCut seeds its colour models by k-means from OpenCV's global RNG: same pixels, same mask
     try:
-        cv2.grabCut(np.ascontiguousarray(small[..., ::-1]), cut, (bx1, by1, bx2 - bx1, by2 - by1), *models, ITERATIONS,
-                    cv2.GC_INIT_WITH_RECT)
+        cv2.grabCut(np.ascontiguousarray(small[..., ::-1]), cut, None, *models, ITERATIONS, cv2.GC_INIT_WITH_MASK)
     except cv2.error:  # a degenerate region (one colour): no cut to make
         mask[y1:y2, x1:x2] = True
         return mask

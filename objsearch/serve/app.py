@@ -9,6 +9,7 @@ Routes (every one in the OpenAPI schema at ``/api/v1/openapi.json``):
     GET  /api/v1/labels                     labels with their live object counts (facets)
     GET  /api/v1/search?text=|object_id=    search by text or by an indexed object
     POST /api/v1/search                     the same, or by an uploaded image (base64) and a box
+    POST /api/v1/export                     a search's hits as a file: CSV or a COCO detection file
     GET  /api/v1/objects/{id}               one object with its image's path and size
     GET  /api/v1/objects/{id}/crop?size=    the object's crop, JPEG
     GET  /api/v1/images/{id}                one image with its objects

@@ -44,7 +44,7 @@ LABEL_WEIGHT = 2.0  # a label word counts twice a caption word in BM25 (the labe
 MAX_QUERY_WORDS = 64  # a longer keyword query is refused (each word is one more posting list to read)
 #: Words too common in captions to tell objects apart; dropped from a query that has other words.
 STOP_WORDS = frozenset("a an and are as at be by for from in is it its of on or that the this to with".split())
-_WORD = re.compile(r"\w+")
+_WORD = re.compile(r"[^\W_]+")  # runs of letters and digits: what the unicode61 tokenizer keeps
 _PROGRESS_STEPS = 10_000  # SQLite virtual-machine steps between deadline checks
 
 
@@ -78,10 +78,13 @@ def write_keywords(path: Path, object_ids: np.ndarray, labels: Iterable[str], ca
 
 
 def stored_ids(path: Path) -> np.ndarray:
-    """Sorted int64 ids of every row of a keywords file (the doctor's check)."""
+    """Sorted int64 ids of every row of a keywords file (the doctor's check); IndexCorrupt when
+    SQLite cannot read it."""
     con = _open(path)
     try:
         return np.sort(np.array([row[0] for row in con.execute(f"SELECT rowid FROM {TABLE}")], np.int64))
+    except sqlite3.Error as exc:
+        raise IndexCorrupt(f"cannot read {path} ({first_line(exc)}); run `objsearch doctor --repair`") from None
     finally:
         con.close()
 
@@ -115,11 +118,14 @@ def _open(path: Path) -> sqlite3.Connection:
     """A read-only connection to a keywords file that never changes (no locking, no journal)."""
     if not path.is_file():
         raise IndexCorrupt(f"{path} is missing; run `objsearch doctor --repair`")
+    con = None
     try:
         con = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro&immutable=1", uri=True, check_same_thread=False)
         con.execute(f"SELECT 1 FROM {TABLE} LIMIT 0")
         return con
     except sqlite3.Error as exc:
+        if con is not None:
+            con.close()
         raise IndexCorrupt(f"cannot read {path} ({first_line(exc)}); run `objsearch doctor --repair`") from None
 
 
@@ -133,16 +139,16 @@ class KeywordSet:
         self.root = root
         self.manifest = manifest
         self.tombstones = tombstones
-        # One connection per (thread, file): a server searches from several threads, and a
-        # connection's progress handler (the deadline) is its own.
-        self._connections: dict[tuple[int, str], sqlite3.Connection] = {}
+        # One connection per file, used by one search at a time (its lock): a server searches from
+        # a pool of threads, and a connection's progress handler (the deadline) is its own.
+        self._connections: dict[str, tuple[sqlite3.Connection, threading.Lock]] = {}
         self._connections_lock = threading.Lock()
 
     def check_available(self) -> None:
         """BadQuery when a segment has no keywords file (an index written before format 3)."""
         if any(s.keywords is None for s in self.manifest.segments):
             raise BadQuery("this index has no keyword index yet (it was written by an older objsearch); "
-                           "run `objsearch index` or `objsearch compact` on it once to add one")
+                           "run `objsearch compact` on it once to add one")
 
     def search(self, expression: str, k: int, allowed_ids: np.ndarray | None = None,
                deadline: float | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -169,10 +175,11 @@ class KeywordSet:
                         deadline: float | None) -> tuple[np.ndarray, np.ndarray]:
         """Fetch a segment's best matches, widening the fetch (x4) until ``k`` survive the tombstones
         and ``allowed``, or the segment has no more."""
-        con = self._connection(segment)
+        con, lock = self._connection(segment)
         fetch = k + len(in_range(self.tombstones, segment))
         while True:
-            rows = self._run(con, expression, fetch, deadline)
+            with lock:
+                rows = self._run(con, expression, fetch, deadline)
             ids = np.array([r[0] for r in rows], np.int64)
             scores = -np.array([r[1] for r in rows], np.float64)  # FTS5's bm25() is lower-is-better
             keep = ~_member(ids, self.tombstones)
@@ -186,8 +193,10 @@ class KeywordSet:
         if deadline is not None:
             con.set_progress_handler(lambda: time.monotonic() >= deadline, _PROGRESS_STEPS)
         try:
-            return con.execute(f"SELECT rowid, bm25({TABLE}, ?, 1.0) FROM {TABLE} WHERE {TABLE} MATCH ? "
-                               "ORDER BY rank LIMIT ?", (LABEL_WEIGHT, expression, limit)).fetchall()
+            # ``rank MATCH`` sets the ranking function of this query, so ORDER BY rank ... LIMIT
+            # picks the best by the weighted score (plain ``rank`` is unweighted bm25).
+            return con.execute(f"SELECT rowid, rank FROM {TABLE} WHERE {TABLE} MATCH ? AND rank MATCH ? "
+                               "ORDER BY rank LIMIT ?", (expression, f"bm25({LABEL_WEIGHT}, 1.0)", limit)).fetchall()
         except sqlite3.OperationalError as exc:
             if deadline is not None and time.monotonic() >= deadline:
                 raise QueryTimeout("the keyword search ran past the query's time limit and was stopped") from None
@@ -200,21 +209,20 @@ class KeywordSet:
             if deadline is not None:
                 con.set_progress_handler(None, 0)
 
-    def _connection(self, segment: Segment) -> sqlite3.Connection:
-        key = (threading.get_ident(), segment.keywords.path)
+    def _connection(self, segment: Segment) -> tuple[sqlite3.Connection, threading.Lock]:
+        """The segment's connection (opened on first use) and the lock its user holds."""
+        path = segment.keywords.path
         with self._connections_lock:
-            con = self._connections.get(key)
-        if con is None:
-            con = _open(self.root / segment.keywords.path)
-            with self._connections_lock:
-                self._connections[key] = con
-        return con
+            if path not in self._connections:
+                self._connections[path] = (_open(self.root / path), threading.Lock())
+            return self._connections[path]
 
     def close(self) -> None:
         with self._connections_lock:
             connections, self._connections = list(self._connections.values()), {}
-        for con in connections:
-            con.close()
+        for con, lock in connections:
+            with lock:
+                con.close()
 
 
 def _member(ids: np.ndarray, sorted_set: np.ndarray) -> np.ndarray:
