@@ -20,6 +20,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from benchmarks.engine_speed import copied_samples
 from benchmarks.provenance import commit, report
 
 REPO = Path(__file__).resolve().parents[1]
@@ -47,18 +48,11 @@ def main() -> None:
     args = parser.parse_args()
     code = commit()
 
-    from objsearch.samples import gather_sample_photos
-
     work = Path(tempfile.mkdtemp(prefix="bundled-rate-"))
     before_tree = work / "before"
     subprocess.run(["git", "worktree", "add", "--detach", str(before_tree), args.before], cwd=REPO, check=True, capture_output=True)
     try:
-        originals = gather_sample_photos(work / "originals")
-        photos = work / "photos"
-        photos.mkdir()
-        for copy in range(args.copies):
-            for source in originals:
-                shutil.copyfile(source, photos / f"{copy:03d}-{source.name}")
+        photos = copied_samples(work, args.copies)
         runs: dict[str, list[dict]] = {"before": [], "after": []}
         for round_number in range(args.rounds):
             for side, tree in (("before", before_tree), ("after", REPO)):

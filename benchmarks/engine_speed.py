@@ -26,6 +26,19 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
 
 
+def copied_samples(work: Path, copies: int) -> Path:
+    """``work/photos`` holding ``copies`` copies of each sample photo under distinct names."""
+    from objsearch.samples import gather_sample_photos
+
+    originals = gather_sample_photos(work / "originals")
+    photos = work / "photos"
+    photos.mkdir()
+    for copy in range(copies):
+        for source in originals:
+            shutil.copyfile(source, photos / f"{copy:03d}-{source.name}")
+    return photos
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--copies", type=int, default=8, help="copies of each sample photo")
@@ -35,18 +48,12 @@ def main() -> None:
 
     from indexer.pipeline import IndexOptions, index_folders
     from objsearch import open_index
-    from objsearch.samples import gather_sample_photos
     from objsearch.store.manifest import index_size_bytes
 
     work = Path(tempfile.mkdtemp(prefix="objsearch-bench-"))
     try:
-        originals = gather_sample_photos(work / "originals")
-        photos = work / "photos"
-        photos.mkdir()
-        for copy in range(args.copies):
-            for src in originals:
-                shutil.copyfile(src, photos / f"{copy:03d}-{src.name}")
-        count = len(originals) * args.copies
+        photos = copied_samples(work, args.copies)
+        count = len(list(photos.iterdir()))
 
         root = work / "index"
         from objsearch.embedders import load_embedder
@@ -80,7 +87,7 @@ def main() -> None:
             subprocess.run([sys.executable, "-m", "objsearch", "query", "dog", "--index", str(root)], check=True, capture_output=True)
             cli.append(time.perf_counter() - t0)
 
-        print(f"photos indexed           {summary.indexed} of {count} ({len(originals)} originals x {args.copies} copies), {objects} objects")
+        print(f"photos indexed           {summary.indexed} of {count} ({count // args.copies} originals x {args.copies} copies), {objects} objects")
         print(f"indexing wall time       {wall:.1f} s (incl. loading the text encoder) -> {count / wall:.2f} images/s")
         print(f"index_folders only       {summary.seconds:.1f} s -> {summary.images_per_second:.2f} images/s; stages: "
               + ", ".join(f"{k} {v:.1f} s" for k, v in sorted(summary.stage_seconds.items())))

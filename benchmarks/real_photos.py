@@ -92,7 +92,7 @@ def mask_quality(index, photos: Path) -> dict:
 
     from objsearch.box_ops import box_iou
     from objsearch.datasets import real_photos
-    from objsearch.embedders.masks import mask_iou
+    from objsearch.embedders.masks import decode, mask_iou
 
     out = {}
     for drawn in real_photos.load_masks():
@@ -110,7 +110,7 @@ def mask_quality(index, photos: Path) -> dict:
         x1, y1, x2, y2 = (int(round(v)) for v in box)
         as_mask[y1:y2, x1:x2] = True
         rle = index.masks([object_id]).get(object_id)
-        mask = None if rle is None else _decoded(rle, height, width)
+        mask = None if rle is None else decode(rle, (height, width))
         out[f"{drawn.photo} {drawn.object}"] = {"box_iou": round(float(overlaps.max()), 3), "mask_iou": None if mask is None else round(mask_iou(mask, truth), 3),
                                                 "box_as_mask_iou": round(mask_iou(as_mask, truth), 3)}
     return out
@@ -133,17 +133,6 @@ def mask_seconds(index) -> dict:
         seconds.append(time.perf_counter() - started)
     return {"objects": len(seconds), "median": round(1e3 * float(np.median(seconds)), 1),
             "p90": round(1e3 * float(np.quantile(seconds, 0.9)), 1)} if seconds else {}
-
-
-def _decoded(rle: dict, height: int, width: int) -> np.ndarray:
-    """A COCO RLE mask as (height, width) bool, resized when it was made on a scaled copy."""
-    from PIL import Image
-    from pycocotools import mask as mask_utils
-
-    decoded = mask_utils.decode({**rle, "counts": rle["counts"].encode("ascii")}).astype(bool)
-    if decoded.shape != (height, width):
-        decoded = np.asarray(Image.fromarray(decoded).resize((width, height), Image.Resampling.NEAREST))
-    return decoded
 
 
 def recall_by_kind(queries, ranks: list[int | None]) -> dict[str, dict]:

@@ -66,10 +66,9 @@ def _data_uri(image: Image.Image) -> str:
 def draw_mask(image: Image.Image, rle: dict, *, color=(255, 64, 0), opacity: float = 0.35) -> Image.Image:
     """Return a copy of ``image`` with a COCO RLE mask (of an image of ``rle["size"]`` [H, W], the
     same photo at any scale) filled in ``color`` at ``opacity``."""
-    from pycocotools import mask as mask_utils
+    from objsearch.embedders.masks import decode
 
-    decoded = mask_utils.decode({**rle, "counts": rle["counts"].encode("ascii") if isinstance(rle["counts"], str) else rle["counts"]})
-    alpha = Image.fromarray((decoded * int(255 * opacity)).astype("uint8")).resize(image.size, Image.Resampling.BILINEAR)
+    alpha = Image.fromarray((decode(rle) * int(255 * opacity)).astype("uint8")).resize(image.size, Image.Resampling.BILINEAR)
     return Image.composite(Image.new("RGB", image.size, tuple(color)), image, alpha)
 
 

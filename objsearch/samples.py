@@ -20,9 +20,11 @@ SKIMAGE_PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "m
 MATPLOTLIB_PHOTOS = ("grace_hopper.jpg",)
 DARKNET_PHOTOS = ("dog.jpg", "horses.jpg", "giraffe.jpg", "person.jpg", "kite.jpg", "eagle.jpg", "scream.jpg")
 DARKNET_DIRS = ("/usr/share/darknet/data",)
+DARKNET_ENV = "OBJSEARCH_DARKNET_DATA"
 
 
-def _package_dir(name: str) -> Path | None:
+def package_dir(name: str) -> Path | None:
+    """The folder of an installed package, or None when it is not installed."""
     spec = importlib.util.find_spec(name)
     if spec is None or not spec.submodule_search_locations:
         return None
@@ -32,17 +34,22 @@ def _package_dir(name: str) -> Path | None:
 def sample_photo_sources() -> dict[str, Path]:
     """Destination file name -> source path, for every sample photo installed on this machine."""
     sources: dict[str, Path] = {}
-    skimage = _package_dir("skimage")
+    skimage = package_dir("skimage")
     if skimage:
         sources.update({f"skimage-{n}": skimage / "data" / n for n in SKIMAGE_PHOTOS})
-    matplotlib = _package_dir("matplotlib")
+    matplotlib = package_dir("matplotlib")
     if matplotlib:
         sources.update({f"matplotlib-{n}": matplotlib / "mpl-data" / "sample_data" / n for n in MATPLOTLIB_PHOTOS})
-    darknet_dirs = [os.environ.get("OBJSEARCH_DARKNET_DATA", ""), *DARKNET_DIRS]
-    darknet = next((Path(d) for d in darknet_dirs if d and Path(d).is_dir()), None)
+    darknet = darknet_dir()
     if darknet:
         sources.update({f"darknet-{n}": darknet / n for n in DARKNET_PHOTOS})
     return {name: path for name, path in sources.items() if path.is_file()}
+
+
+def darknet_dir() -> Path | None:
+    """Debian darknet's data folder: ``$OBJSEARCH_DARKNET_DATA``, else DARKNET_DIRS; None when absent."""
+    candidates = [os.environ.get(DARKNET_ENV, ""), *DARKNET_DIRS]
+    return next((Path(d) for d in candidates if d and Path(d).is_dir()), None)
 
 
 def gather_sample_photos(dest: str | os.PathLike) -> list[Path]:

@@ -16,7 +16,6 @@ query lists every object of the set it should find.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import zipfile
@@ -24,12 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from objsearch.errors import ObjsearchError
+from objsearch.samples import DARKNET_ENV, darknet_dir, package_dir
 
 ANNOTATIONS = Path(__file__).with_name("real_photos.json")
 KINDS = ("coco", "colour", "role", "beyond", "small", "region")
 COCO_VOCABULARY = ("coco", "colour", "role")  # queries about objects of COCO's classes
-DARKNET_DIRS = ("/usr/share/darknet/data",)
-DARKNET_ENV = "OBJSEARCH_DARKNET_DATA"
 ULTRALYTICS_ENV = "OBJSEARCH_ULTRALYTICS_WHEEL"
 ULTRALYTICS_VERSION = "8.4.190"  # the wheel `make test` downloads; another version is used if it is the one found
 
@@ -134,16 +132,16 @@ def _copy(source: str, file_name: str, target: Path) -> None:
 
 def _source_folder(source: str) -> Path:
     if source == "darknet":
-        for candidate in (os.environ.get(DARKNET_ENV, ""), *DARKNET_DIRS):
-            if candidate and Path(candidate).is_dir():
-                return Path(candidate)
-        raise FileNotFoundError(f"Debian's darknet data not found (apt-get install darknet, or set ${DARKNET_ENV})")
+        folder = darknet_dir()
+        if folder is None:
+            raise FileNotFoundError(f"Debian's darknet data not found (apt-get install darknet, or set ${DARKNET_ENV})")
+        return folder
     package, inside = {"skimage": ("skimage", "data"), "sklearn": ("sklearn", "datasets/images"),
                        "matplotlib": ("matplotlib", "mpl-data/sample_data")}[source]
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
+    folder = package_dir(package)
+    if folder is None:
         raise FileNotFoundError(f"the {package} package is not installed")
-    return Path(next(iter(spec.submodule_search_locations))) / inside
+    return folder / inside
 
 
 def _ultralytics_wheel() -> Path:

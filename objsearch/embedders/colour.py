@@ -53,6 +53,15 @@ def _centre_weights(h: int, w: int) -> np.ndarray:
     return np.exp(-(ys[:, None] ** 2 + xs[None, :] ** 2) / (2 * 0.25**2))
 
 
+def _pixel_weights(mask: np.ndarray | None, shape: tuple[int, int]) -> tuple[np.ndarray, bool]:
+    """(weights of the subsampled pixels, whether they come from ``mask``): the mask's pixels, or,
+    without a mask or with one too thin to leave a pixel on the subsampling grid, the box's centre."""
+    inside = None if mask is None else _subsample(mask)
+    if inside is not None and inside.any():
+        return inside.astype(np.float64), True
+    return _centre_weights(*shape), False
+
+
 def pixel_colour_names(hsv: np.ndarray) -> np.ndarray:
     """(..., 3) HSV -> (...) int indices into COLOUR_NAMES."""
     h, s, v = hsv[..., 0], hsv[..., 1], hsv[..., 2]
@@ -86,12 +95,10 @@ def dominant_colour(crop: np.ndarray, mask: np.ndarray | None = None) -> str:
         return "gray"
     hsv = rgb_to_hsv(_subsample(crop))
     names = pixel_colour_names(hsv)
-    inside = None if mask is None else _subsample(mask)
-    if inside is not None and inside.any():
-        weights = inside.astype(np.float64)
+    weights, masked = _pixel_weights(mask, names.shape)
+    if masked:
         factor = np.ones(len(COLOUR_NAMES))
-    else:  # no mask, or one too thin to leave a pixel on the subsampling grid: the box's centre
-        weights = _centre_weights(*names.shape)
+    else:
         band = max(1, min(names.shape) // 10)
         border = np.concatenate([names[:band].ravel(), names[-band:].ravel(), names[:, :band].ravel(), names[:, -band:].ravel()])
         factor = 1.0 - 0.8 * np.bincount(border, minlength=len(COLOUR_NAMES)) / max(len(border), 1)
@@ -118,8 +125,7 @@ def colour_histogram(crop: np.ndarray, mask: np.ndarray | None = None) -> np.nda
     sat = np.minimum((hsv[..., 1] * HIST_SAT_BINS).astype(np.int64), HIST_SAT_BINS - 1)
     val = np.minimum((hsv[..., 2] * HIST_VAL_BINS).astype(np.int64), HIST_VAL_BINS - 1)
     bins = (hue * HIST_SAT_BINS + sat) * HIST_VAL_BINS + val
-    inside = None if mask is None else _subsample(mask)
-    weights = inside.astype(np.float64) if inside is not None and inside.any() else _centre_weights(*bins.shape)
+    weights, _ = _pixel_weights(mask, bins.shape)
     hist += np.bincount(bins.ravel(), weights=weights.ravel(), minlength=HIST_DIM).astype(np.float32)
     # sqrt (Hellinger) so one dominant bin does not swamp the cosine.
     hist = np.sqrt(hist)

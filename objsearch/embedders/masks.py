@@ -79,6 +79,20 @@ def rle(mask: np.ndarray) -> dict:
     return {"size": [int(v) for v in encoded["size"]], "counts": encoded["counts"].decode("ascii")}
 
 
+def decode(rle: dict, shape: tuple[int, int] | None = None) -> np.ndarray:
+    """A COCO RLE mask (``counts`` as text or bytes) as a (H, W) bool array; resized (nearest) to
+    ``shape`` (H, W) when given and different: masks may be made on a scaled copy of a photo."""
+    from pycocotools import mask as mask_utils
+
+    counts = rle["counts"].encode("ascii") if isinstance(rle["counts"], str) else rle["counts"]
+    mask = mask_utils.decode({**rle, "counts": counts}).astype(bool)
+    if shape is not None and mask.shape != tuple(shape):
+        import cv2
+
+        mask = cv2.resize(mask.astype(np.uint8), (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST).astype(bool)
+    return mask
+
+
 def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
     """Intersection over union of two (H, W) bool masks (0 when both are empty)."""
     union = np.logical_or(a, b).sum()

@@ -16,6 +16,7 @@ import numpy as np
 
 from objsearch.box_ops import xyxy_to_cxcywh
 from objsearch.embedders.base import Detections, register_embedder
+from objsearch.embedders.masks import rle
 
 logger = logging.getLogger(__name__)
 
@@ -127,7 +128,7 @@ class ObjEmbedEmbedder:
                 detections.append(Detections(
                     objects.boxes_xyxy, objects.scores, self._labels(embeddings), objects.embeddings,
                     self._captions(embeddings) if self.with_captions else [],
-                    _rle_masks(objects.masks) if objects.masks is not None else [],
+                    [rle(m) for m in objects.masks] if objects.masks is not None else [],
                 ))
         return detections
 
@@ -173,17 +174,6 @@ def caption_objects(model, embeddings, beam_size: int = 1) -> list[str]:
     tokenizer = model.text.tokenizer
     ids = model.caption_head.generate(embeddings, tokenizer.cls_token_id, tokenizer.sep_token_id, beam_size)
     return [tokenizer.decode(row, skip_special_tokens=True).strip() for row in ids]
-
-
-def _rle_masks(masks: np.ndarray) -> list[dict]:
-    from pycocotools import mask as mask_utils
-
-    encoded = []
-    for mask in masks:
-        rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-        rle["counts"] = rle["counts"].decode("ascii")
-        encoded.append(rle)
-    return encoded
 
 
 def checkpoint_version(path: Path) -> str:

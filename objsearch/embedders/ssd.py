@@ -100,10 +100,9 @@ def masked_mean_features(features: np.ndarray, boxes_norm: np.ndarray, masks: li
     import cv2
 
     channels, height, width = features.shape
-    out = roi_mean_features(features, boxes_norm)
+    out = np.zeros((len(masks), channels), dtype=np.float32)
     flat = features.reshape(channels, -1)
-    for i, mask in enumerate(masks):
+    for i, (box, mask) in enumerate(zip(boxes_norm, masks)):
         cover = cv2.resize(mask.astype(np.float32), (width, height), interpolation=cv2.INTER_AREA).ravel()
-        if cover.sum() >= 0.1:
-            out[i] = flat @ cover / cover.sum()
+        out[i] = flat @ cover / cover.sum() if cover.sum() >= 0.1 else roi_mean_features(features, box[None])[0]
     return out

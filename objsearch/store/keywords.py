@@ -54,14 +54,6 @@ def write_keywords(path: Path, object_ids: np.ndarray, labels: Iterable[str], ca
     object_ids: (N,) int64, the rows' ids; labels, captions: N strings each (a caption may be None).
     """
     def build(temporary: str) -> None:
-        try:
-            _build(temporary)
-        except sqlite3.Error as exc:  # an I/O failure, as every other file the commit writes reports it
-            full = "full" in str(exc)
-            raise OSError(errno.ENOSPC if full else errno.EIO, "No space left on device" if full else f"SQLite: {first_line(exc)}",
-                          str(path)) from None
-
-    def _build(temporary: str) -> None:
         con = sqlite3.connect(temporary)
         try:
             con.execute("PRAGMA journal_mode = OFF")  # a new file: the rename is what makes it durable
@@ -71,6 +63,10 @@ def write_keywords(path: Path, object_ids: np.ndarray, labels: Iterable[str], ca
                             zip(np.asarray(object_ids, np.int64).tolist(), labels, captions))
             con.execute(f"INSERT INTO {TABLE}({TABLE}) VALUES ('optimize')")  # one b-tree per term: fewer pages per query
             con.commit()
+        except sqlite3.Error as exc:  # an I/O failure, as every other file the commit writes reports it
+            full = "full" in str(exc)
+            raise OSError(errno.ENOSPC if full else errno.EIO, "No space left on device" if full else f"SQLite: {first_line(exc)}",
+                          str(path)) from None
         finally:
             con.close()
 
@@ -182,9 +178,9 @@ class KeywordSet:
                 rows = self._run(con, expression, fetch, deadline)
             ids = np.array([r[0] for r in rows], np.int64)
             scores = -np.array([r[1] for r in rows], np.float64)  # FTS5's bm25() is lower-is-better
-            keep = ~_member(ids, self.tombstones)
+            keep = ~np.isin(ids, self.tombstones)
             if allowed is not None:
-                keep &= _member(ids, allowed)
+                keep &= np.isin(ids, allowed)
             if keep.sum() >= k or len(rows) < fetch:
                 return scores[keep][:k], ids[keep][:k]
             fetch *= 4
@@ -223,11 +219,3 @@ class KeywordSet:
         for con, lock in connections:
             with lock:
                 con.close()
-
-
-def _member(ids: np.ndarray, sorted_set: np.ndarray) -> np.ndarray:
-    """(N,) whether each of ``ids`` is in ``sorted_set``."""
-    if not len(sorted_set) or not len(ids):
-        return np.zeros(len(ids), bool)
-    at = np.clip(np.searchsorted(sorted_set, ids), 0, len(sorted_set) - 1)
-    return sorted_set[at] == ids
