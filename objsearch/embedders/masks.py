@@ -50,7 +50,7 @@ def grabcut_mask(image: np.ndarray, box_xyxy) -> np.ndarray:
     cv2.setRNGSeed(0)  # GrabCut seeds its colour models by k-means from OpenCV's global RNG: same pixels, same mask
     try:
         cv2.grabCut(np.ascontiguousarray(small[..., ::-1]), cut, None, *models, ITERATIONS, cv2.GC_INIT_WITH_MASK)
-    except cv2.error:  # a degenerate region (one colour): no cut to make
+    except cv2.error:  # GrabCut refused the region (too few pixels to fit its colour models): no cut
         mask[y1:y2, x1:x2] = True
         return mask
     foreground = ((cut == cv2.GC_FGD) | (cut == cv2.GC_PR_FGD)).astype(np.float32)
