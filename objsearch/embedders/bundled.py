@@ -27,6 +27,7 @@ colour first, then the most similar-looking.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from functools import cached_property
 from typing import Sequence
 
@@ -36,19 +37,27 @@ from objsearch.box_ops import box_iou
 from objsearch.embedders.base import Detections, register_embedder
 from objsearch.embedders.colour import HIST_DIM, colour_histogram, dominant_colour
 from objsearch.embedders.imagenet import ImageNetClassifier
-from objsearch.embedders.masks import grabcut_mask, rle
+from objsearch.embedders.masks import grabcut_mask, rle, subject_box
 from objsearch.embedders.ssd import FEATURE_DIM, SsdDetector, masked_mean_features
 from objsearch.model.sentence_encoder import SentenceEncoder
 
 logger = logging.getLogger(__name__)
 
 # Bump whenever anything below changes the embeddings: indexes record it and refuse a mismatch.
-VERSION = "ssd-mobilenet-v2-coco+efficientnet-lite3+all-minilm-l6-v2/2"  # 2: masks; colour and appearance from them
+VERSION = "ssd-mobilenet-v2-coco+efficientnet-lite3+all-minilm-l6-v2/3"  # 2: masks; colour and appearance from them. 3: people by their clothes and scene, subjects beyond COCO, confidence-weighted words
 TEXT_SHARE = 0.8  # share of an object embedding's squared norm that lives in the text space
 BACKBONE_PROJECTED_DIM = 96
 BACKBONE_SHARE = 0.6  # share of the appearance part given to backbone features (rest: colour)
 CLASSIFIER_MIN_PROB = 0.2  # below this the classifier's label is left out of the caption
-CLASSIFIER_TEXT_WEIGHT = 0.6  # weight of the classifier's description relative to the detector's
+CLASSIFIER_TEXT_WEIGHT = 0.6  # weight of the classifier's description (x its probability) relative to the detector's (x its score)
+CONFIDENCE_PULL = 0.15  # an object's text share shrinks by this much x (1 - its score): sure objects first among equals
+PERSON = "person"
+PERSON_CLOTHES_ROWS = (0.3, 0.85)  # the window of a person's box (shares of its height ...
+PERSON_CLOTHES_COLUMNS = (0.2, 0.8)  # ... and width) whose colour names their clothes
+MIN_CLASSIFIED_PROB = 0.25  # the photo's subject is kept when the classifier is this sure what it is
+SUBJECT_SEARCH_MAX_AREA = 0.2  # the subject is looked for in photos whose largest detection covers less than this share
+CONTEXT_MIN_PROB = 0.25  # a person is described as in the photo's scene when the classifier is this sure of it
+CONTEXT_WEIGHT = 0.5  # weight of that description (x the scene's probability)
 SCENE_MIN_PROB = 0.25  # a whole-image object is added when the classifier is this sure ...
 SCENE_MAX_IOU = 0.7  # ... and no detection already covers the frame
 
@@ -56,6 +65,11 @@ SCENE_MAX_IOU = 0.7  # ... and no detection already covers the frame
 def with_article(phrase: str) -> str:
     """'orange cat' -> 'an orange cat'."""
     return ("an " if phrase[:1].lower() in "aeiou" else "a ") + phrase
+
+
+def _areas(boxes_norm: np.ndarray) -> np.ndarray:
+    """(N, 4) normalised xyxy boxes -> (N,) shares of the photo."""
+    return (boxes_norm[:, 2] - boxes_norm[:, 0]) * (boxes_norm[:, 3] - boxes_norm[:, 1])
 
 
 def _normalise(rows: np.ndarray) -> np.ndarray:
@@ -102,74 +116,152 @@ class BundledEmbedder:
         height, width = image.shape[:2]
         boxes_norm = np.asarray(boxes_xyxy, dtype=np.float32).reshape(-1, 4) / np.array([width, height, width, height], np.float32)
         labels: list[str | None] = [None] * len(boxes_norm)
+        scores: list[float | None] = [None] * len(boxes_norm)
         if len(out.labels):
             ious = box_iou(boxes_norm, out.boxes_norm)
             for i, row in enumerate(ious):
                 if row.max() >= 0.5:
                     labels[i] = out.labels[int(row.argmax())]
+                    scores[i] = float(out.scores[int(row.argmax())])
                     boxes_norm[i] = out.boxes_norm[int(row.argmax())]
-        embeddings, _, _, _ = self._describe(image, out.features, boxes_norm, labels)
-        return embeddings
+        return self._describe(image, out.features, boxes_norm, labels, scores, self.classifier.top1(image)).embeddings
 
     # -- internals -----------------------------------------------------------------------------
     def _detect_one(self, image, out) -> Detections:
-        boxes_norm, scores, labels = out.boxes_norm, out.scores, list(out.labels)
+        """The detector's objects, then the photo's subject (when no detection is large and it is
+        something the classifier knows) and the whole photo (when the classifier is sure of it and
+        no object already covers or names it)."""
+        height, width = image.shape[:2]
+        boxes_norm, labels = out.boxes_norm, list(out.labels)
+        scores: list[float | None] = [float(v) for v in out.scores]
+        subject = None
+        if not len(boxes_norm) or _areas(boxes_norm).max() < SUBJECT_SEARCH_MAX_AREA:
+            subject = subject_box(image)
+        if subject is not None:
+            subject_norm = subject / np.array([width, height, width, height], np.float32)
+            if not len(boxes_norm) or box_iou(subject_norm[None], boxes_norm).max() < 0.5:
+                boxes_norm = np.concatenate([boxes_norm, subject_norm[None]])
+                scores.append(None)  # labelled by the classifier, below
+                labels.append(None)
         scene_label, scene_prob = self.classifier.top1(image)
         whole = np.array([[0.0, 0.0, 1.0, 1.0]], np.float32)
         covered = len(boxes_norm) and box_iou(whole, boxes_norm).max() >= SCENE_MAX_IOU
         if scene_prob >= SCENE_MIN_PROB and not covered:
             boxes_norm = np.concatenate([boxes_norm, whole])
-            scores = np.concatenate([scores, [scene_prob]]).astype(np.float32)
+            scores.append(scene_prob)
             labels.append(scene_label)
-        embeddings, labels, captions, masks = self._describe(image, out.features, boxes_norm, labels)
-        height, width = image.shape[:2]
+        described = self._describe(image, out.features, boxes_norm, labels, scores, (scene_label, scene_prob))
+        keep = [i for i in range(len(boxes_norm)) if described.scores[i] >= MIN_CLASSIFIED_PROB or labels[i] is not None]
+        if keep and keep[-1] == len(boxes_norm) - 1 and labels[-1] == scene_label and (boxes_norm[-1] == whole[0]).all():
+            named_elsewhere = {name.lower() for i in keep[:-1] for name in (described.labels[i], described.fine_labels[i])}
+            if scene_label.lower() in named_elsewhere:  # an object already says what the photo shows
+                keep = keep[:-1]
         return Detections(
-            boxes_xyxy=boxes_norm * np.array([width, height, width, height], np.float32),
-            scores=scores,
-            labels=labels,
-            embeddings=embeddings,
-            captions=captions,
-            masks=[rle(m) for m in masks],
+            boxes_xyxy=boxes_norm[keep] * np.array([width, height, width, height], np.float32),
+            scores=np.asarray([described.scores[i] for i in keep], np.float32),
+            labels=[described.labels[i] for i in keep],
+            embeddings=described.embeddings[keep],
+            captions=[described.captions[i] for i in keep],
+            masks=[rle(described.masks[i]) for i in keep],
         )
 
-    def _describe(self, image, features, boxes_norm, labels: list[str | None]):
-        """Embed each normalised box; a None label is filled from the classifier.
-
-        Returns ((N, embed_dim) embeddings, N labels, N captions, N (H, W) bool masks).
-        """
+    def _describe(self, image, features, boxes_norm, labels: list[str | None], scores: list[float | None],
+                  scene: tuple[str, float]) -> "Described":
+        """Describe and embed each normalised box. ``scores``: the confidence in each box's label,
+        in [0, 1]; a None label (and its None score) is the classifier's label (and probability).
+        ``scene``: the classifier's (label, probability) for the whole photo."""
         height, width = image.shape[:2]
-        primary, secondary, weights, captions, final_labels, hists, masks = [], [], [], [], [], [], []
-        for (x1, y1, x2, y2), label in zip(boxes_norm, labels):
+        phrases, phrase_weights, captions, final_labels, fine_labels, final_scores, hists, masks = [], [], [], [], [], [], [], []
+        for (x1, y1, x2, y2), label, score in zip(boxes_norm, labels, scores):
             rows = slice(int(y1 * height), max(int(np.ceil(y2 * height)), int(y1 * height) + 1))
             cols = slice(int(x1 * width), max(int(np.ceil(x2 * width)), int(x1 * width) + 1))
             crop = image[rows, cols]
             mask = grabcut_mask(image, (x1 * width, y1 * height, x2 * width, y2 * height))
             masks.append(mask)
-            colour = dominant_colour(crop, mask[rows, cols])
             fine_label, fine_prob = self.classifier.top1(crop)
-            label = label or fine_label
-            caption = with_article(f"{colour} {label}")
-            use_fine = fine_prob >= CLASSIFIER_MIN_PROB and fine_label.lower() != label.lower()
-            if use_fine:
-                caption += f" ({fine_label})"
-            primary.append(with_article(f"{colour} {label}"))
-            secondary.append(with_article(f"{colour} {fine_label}"))
-            weights.append(CLASSIFIER_TEXT_WEIGHT * fine_prob if use_fine else 0.0)
-            captions.append(caption)
+            label, score = (label, score) if label is not None else (fine_label, fine_prob)
+            colour = dominant_colour(*_colour_pixels(crop, mask[rows, cols], label))
+            description = describe(label, colour, fine_label, fine_prob, float(score), scene)
+            phrases.append(description.phrases)
+            phrase_weights.append(description.weights)
+            captions.append(description.caption)
             final_labels.append(label)
+            fine_labels.append(fine_label)
+            final_scores.append(float(score))
             hists.append(colour_histogram(crop, mask[rows, cols]))
         if not final_labels:
-            return np.zeros((0, self.embed_dim), np.float32), [], [], []
-        encoded = self.text.encode(primary + secondary)
-        n = len(primary)
-        text_part = _normalise(encoded[:n] + np.asarray(weights, np.float32)[:, None] * encoded[n:])
+            return Described(np.zeros((0, self.embed_dim), np.float32), [], [], [], [], [])
+        encoded = iter(self.text.encode([p for ps in phrases for p in ps]))
+        text_part = _normalise(np.stack([sum(w * next(encoded) for w in ws) for ws in phrase_weights]))
         backbone = _normalise(np.sqrt(masked_mean_features(features, boxes_norm, masks)))
         appearance = np.concatenate(
             [np.sqrt(BACKBONE_SHARE) * _normalise(backbone @ self._projection), np.sqrt(1 - BACKBONE_SHARE) * np.stack(hists)],
             axis=1,
         )
-        embeddings = np.concatenate([np.sqrt(TEXT_SHARE) * text_part, np.sqrt(1 - TEXT_SHARE) * appearance], axis=1)
-        return _normalise(embeddings), final_labels, captions, masks
+        text_share = TEXT_SHARE * (1 - CONFIDENCE_PULL * (1 - np.clip(np.asarray(final_scores, np.float32), 0, 1)))[:, None]
+        embeddings = np.concatenate([np.sqrt(text_share) * text_part, np.sqrt(1 - text_share) * appearance], axis=1)
+        return Described(_normalise(embeddings), final_labels, fine_labels, final_scores, captions, masks)
+
+
+@dataclass(frozen=True)
+class Described:
+    """N described boxes: (N, embed_dim) embeddings; each box's label, the classifier's top-1
+    label for its crop, the confidence in its label ([0, 1]), caption and (H, W) bool mask."""
+
+    embeddings: np.ndarray
+    labels: list[str]
+    fine_labels: list[str]
+    scores: list[float]
+    captions: list[str]
+    masks: list[np.ndarray]
+
+
+@dataclass(frozen=True)
+class Description:
+    """How an object is put into words: its caption, and the phrases (with weights) whose
+    weighted sum of sentence embeddings is its text part."""
+
+    caption: str
+    phrases: tuple[str, ...]
+    weights: tuple[float, ...]
+
+
+def describe(label: str, colour: str, fine_label: str, fine_prob: float, score: float,
+             scene: tuple[str, float] | None = None) -> Description:
+    """An object labelled ``label`` (with confidence ``score``) whose pixels are mostly ``colour`` and
+    which the classifier calls ``fine_label`` with probability ``fine_prob``.
+
+    A person is described by the colour of their clothes ("a person in blue"), and the classifier's
+    label (mostly what they wear or hold) as something they are with. Each phrase weighs as much as
+    its source's confidence, so a weak detection ("mouse", 0.5) yields to a sure classifier
+    ("football helmet", 0.9). ``scene``: the classifier's (label, probability) for the whole photo;
+    a person is also described as in it ("a person in blue, seashore"): what someone is doing
+    shows in where they are more than in their box.
+    """
+    person = label == PERSON
+    caption = f"a person in {colour}" if person else with_article(f"{colour} {label}")
+    phrases, weights = [caption], [max(score, 1e-3)]
+    if fine_prob >= CLASSIFIER_MIN_PROB and fine_label.lower() != label.lower():
+        phrases.append(f"a person with {with_article(fine_label)}" if person else with_article(f"{colour} {fine_label}"))
+        weights.append(CLASSIFIER_TEXT_WEIGHT * fine_prob)
+        caption += f" ({fine_label})"
+    if person and scene is not None and scene[1] >= CONTEXT_MIN_PROB:
+        phrases.append(f"{phrases[0]}, {scene[0]}")
+        weights.append(CONTEXT_WEIGHT * scene[1])
+    return Description(caption, tuple(phrases), tuple(weights))
+
+
+def _colour_pixels(crop: np.ndarray, mask: np.ndarray, label: str) -> tuple[np.ndarray, np.ndarray]:
+    """The part of an object's crop and mask whose colour names it. For a person, the middle of
+    their box (PERSON_CLOTHES_ROWS x PERSON_CLOTHES_COLUMNS: their clothes, not their face, hair,
+    feet or what stands beside them), masked where the mask holds at least half of it."""
+    if label != PERSON or min(crop.shape[:2]) < 4:
+        return crop, mask
+    height, width = crop.shape[:2]
+    rows = slice(*(int(share * height) for share in PERSON_CLOTHES_ROWS))
+    cols = slice(*(int(share * width) for share in PERSON_CLOTHES_COLUMNS))
+    window, inside = crop[rows, cols], mask[rows, cols]
+    return window, (inside if inside.mean() >= 0.5 else np.ones_like(inside))
 
 
 @register_embedder("bundled")

@@ -20,7 +20,7 @@ COLOUR_NAMES = (
 )  # fmt: skip
 
 # Hue ranges in degrees for the chromatic names (brown and pink are decided by value/saturation).
-_HUE_BINS = ((15, "red"), (40, "orange"), (70, "yellow"), (170, "green"), (255, "blue"), (290, "purple"), (335, "pink"), (361, "red"))  # fmt: skip
+_HUE_BINS = ((12, "red"), (40, "orange"), (70, "yellow"), (170, "green"), (255, "blue"), (290, "purple"), (335, "pink"), (361, "red"))  # fmt: skip
 
 HIST_HUE_BINS, HIST_SAT_BINS, HIST_VAL_BINS = 8, 2, 2
 HIST_DIM = HIST_HUE_BINS * HIST_SAT_BINS * HIST_VAL_BINS

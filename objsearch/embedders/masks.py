@@ -97,3 +97,29 @@ def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
     """Intersection over union of two (H, W) bool masks (0 when both are empty)."""
     union = np.logical_or(a, b).sum()
     return float(np.logical_and(a, b).sum() / union) if union else 0.0
+
+
+SUBJECT_INSET = 0.05  # the photo's outer band (share of each side) that GrabCut takes for background
+SUBJECT_MIN_SHARE = 0.02  # a subject smaller than this share of the photo is noise ...
+SUBJECT_MAX_SHARE = 0.6  # ... and one larger is no subject: GrabCut found nothing to separate
+
+
+def subject_box(image: np.ndarray) -> np.ndarray | None:
+    """The photo's main subject as a (4,) xyxy pixel box, or None: GrabCut with the photo's outer
+    band (SUBJECT_INSET) for background, then the box of the largest connected part of the cut.
+    A classical stand-in for a proposal network: it finds a flower on leaves or a pagoda against
+    the sky, which COCO's detector has no class for."""
+    from scipy import ndimage
+
+    height, width = image.shape[:2]
+    inset_x, inset_y = SUBJECT_INSET * width, SUBJECT_INSET * height
+    cut = grabcut_mask(image, (inset_x, inset_y, width - inset_x, height - inset_y))
+    parts, count = ndimage.label(cut)
+    if count == 0:
+        return None
+    sizes = ndimage.sum_labels(cut, parts, index=np.arange(1, count + 1))
+    largest = int(np.argmax(sizes))
+    if not SUBJECT_MIN_SHARE <= cut.mean() <= SUBJECT_MAX_SHARE or sizes[largest] < SUBJECT_MIN_SHARE * cut.size:
+        return None
+    rows, cols = ndimage.find_objects(parts)[largest]
+    return np.array([cols.start, rows.start, cols.stop, rows.stop], np.float32)

@@ -37,7 +37,7 @@ class SsdOutput:
 
 
 class SsdDetector:
-    def __init__(self, *, min_score: float = 0.3, nms_iou: float = 0.7, max_objects: int = 50) -> None:
+    def __init__(self, *, min_score: float = 0.3, nms_iou: float = 0.5, max_objects: int = 50) -> None:
         import cv2
 
         self._cv2 = cv2
