@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from objsearch.embedders.colour import dominant_colour
-from objsearch.embedders.masks import grabcut_mask, mask_iou, rle
+from objsearch.box_ops import box_iou
+from objsearch.embedders.masks import grabcut_mask, mask_iou, rle, subject_box
 
 
 def _scene(centre, radii, size=(300, 400)):
@@ -54,3 +55,24 @@ def test_colour_comes_from_the_mask_and_a_too_thin_mask_falls_back_to_the_box():
     thin = np.zeros((200, 200), bool)
     thin[1::10, :] = True  # no pixel on the subsampling grid (every 4th row from 0)
     assert dominant_colour(np.full((200, 200, 3), 240, np.uint8), thin) == "white"
+
+
+def _flower_on_leaves(size=(300, 400)):
+    """An orange disc on a dark green, noisy background (a flower on leaves): (image, disc)."""
+    rng = np.random.default_rng(1)
+    image = np.stack([rng.normal(mean, 12, size) for mean in (30, 90, 40)], axis=-1).clip(0, 255).astype(np.uint8)
+    ys, xs = np.mgrid[: size[0], : size[1]]
+    disc = (xs - 170) ** 2 + (ys - 140) ** 2 <= 75**2
+    image[disc] = (245, 150, 70)
+    return image, disc
+
+
+def test_the_subject_box_is_the_thing_that_stands_out_and_nothing_when_nothing_does():
+    image, disc = _flower_on_leaves()
+    box = subject_box(image)
+    rows, cols = np.nonzero(disc)
+    truth = np.array([[cols.min(), rows.min(), cols.max() + 1, rows.max() + 1]], np.float32)
+    assert box is not None and box_iou(box[None], truth)[0, 0] >= 0.85
+    rng = np.random.default_rng(2)
+    assert subject_box(rng.integers(0, 256, (300, 400, 3), dtype=np.uint8)) is None  # noise: no subject
+    assert subject_box(np.full((300, 400, 3), 90, np.uint8)) is None  # flat: no subject

@@ -2,26 +2,31 @@
 
 Parts: SSD-MobileNet-v2 COCO detector (OpenCV DNN), EfficientNet-Lite3 ImageNet classifier
 (ai-edge-litert) and the all-MiniLM-L6-v2 sentence encoder (transformers). No image-text (CLIP-like)
-weights exist offline, so an object is put into the text space by *describing* it:
+weights exist offline, so an object is put into the text space by *describing* it (``describe``):
 
-    caption   = "a(n) {dominant colour} {detector label}" (+ the classifier's finer label)
-    text part = MiniLM embedding of that description (384-d)
+    phrases   = "a(n) {colour} {label}"  (a person: "a person in {colour of their clothes}"),
+                the classifier's finer label for the crop ("a person with a military uniform"),
+                for a person, the photo's scene ("a person in blue, seashore")
+    text part = MiniLM embeddings of the phrases, summed with weights = each source's confidence
 
 and its look is kept in an appearance part that text queries ignore:
 
     appearance = [random projection of detector backbone features pooled over its mask (96-d),
                   HSV colour histogram of its mask's pixels (32-d)]
 
-Each object's mask comes from GrabCut seeded by its box (``objsearch.embedders.masks``); it is
-stored (COCO RLE), and the colour, histogram and pooled features are read from its pixels rather
-than the box's, so the wall behind a bicycle no longer names its colour.
+Objects are the detector's boxes; the photo's subject (``masks.subject_box``: GrabCut against the
+photo's border) where no detection is large, labelled by the classifier when it is sure; and the
+whole photo when the classifier is sure of it and nothing already covers or names it. Each object's
+mask comes from GrabCut seeded by its box (``objsearch.embedders.masks``); it is stored (COCO RLE),
+and the colour, histogram and pooled features are read from its pixels rather than the box's.
 
-    object embedding = [sqrt(TEXT_SHARE) * text part, sqrt(1 - TEXT_SHARE) * appearance]  (512-d)
+    object embedding = [sqrt(s) * text part, sqrt(1 - s) * appearance]  (512-d),
+                       s = TEXT_SHARE * (1 - CONFIDENCE_PULL * (1 - confidence in its label))
     text query       = [MiniLM(query), zeros(128)]
 
-So a text query scores sqrt(TEXT_SHARE) * cos(query, description), while object-to-object search
-scores TEXT_SHARE * cos(descriptions) + (1 - TEXT_SHARE) * cos(appearances): same category and
-colour first, then the most similar-looking.
+So a text query scores sqrt(s) * cos(query, description): among equally good descriptions the
+surer object comes first. Object-to-object search scores about TEXT_SHARE * cos(descriptions) +
+(1 - TEXT_SHARE) * cos(appearances): same category and colour first, then the most similar-looking.
 """
 
 from __future__ import annotations
@@ -146,16 +151,18 @@ class BundledEmbedder:
         scene_label, scene_prob = self.classifier.top1(image)
         whole = np.array([[0.0, 0.0, 1.0, 1.0]], np.float32)
         covered = len(boxes_norm) and box_iou(whole, boxes_norm).max() >= SCENE_MAX_IOU
+        scene_at = None
         if scene_prob >= SCENE_MIN_PROB and not covered:
+            scene_at = len(boxes_norm)
             boxes_norm = np.concatenate([boxes_norm, whole])
             scores.append(scene_prob)
             labels.append(scene_label)
         described = self._describe(image, out.features, boxes_norm, labels, scores, (scene_label, scene_prob))
-        keep = [i for i in range(len(boxes_norm)) if described.scores[i] >= MIN_CLASSIFIED_PROB or labels[i] is not None]
-        if keep and keep[-1] == len(boxes_norm) - 1 and labels[-1] == scene_label and (boxes_norm[-1] == whole[0]).all():
-            named_elsewhere = {name.lower() for i in keep[:-1] for name in (described.labels[i], described.fine_labels[i])}
-            if scene_label.lower() in named_elsewhere:  # an object already says what the photo shows
-                keep = keep[:-1]
+        keep = [i for i in range(len(boxes_norm)) if labels[i] is not None or described.scores[i] >= MIN_CLASSIFIED_PROB]
+        if scene_at is not None:
+            named = {name.lower() for i in keep if i != scene_at for name in (described.labels[i], described.fine_labels[i])}
+            if scene_label.lower() in named:  # an object already says what the photo shows, with its own box
+                keep.remove(scene_at)
         return Detections(
             boxes_xyxy=boxes_norm[keep] * np.array([width, height, width, height], np.float32),
             scores=np.asarray([described.scores[i] for i in keep], np.float32),
