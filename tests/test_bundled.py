@@ -76,3 +76,19 @@ def test_blank_and_tiny_images_give_no_objects_and_no_error(bundled_embedder):
     for image in (np.full((64, 64, 3), 255, np.uint8), np.zeros((1, 1, 3), np.uint8)):
         detections = bundled_embedder.detect([image])[0]
         assert len(detections) == 0 and detections.embeddings.shape == (0, 512)
+
+
+def test_a_label_that_holds_across_scales_names_the_subject(bundled_embedder):
+    """scikit-learn's dahlia: its tight crop reads "mushroom", the wider ones "daisy" (ImageNet has
+    no dahlia), so across scales it is a daisy, as a user searching "flower" needs."""
+    from sklearn.datasets import load_sample_image
+
+    from objsearch.embedders.bundled import SUBJECT_SCALES
+
+    flower = load_sample_image("flower.jpg")  # (427, 640, 3) uint8
+    box = (167, 87, 447, 360)  # the dahlia, drawn by hand
+    classifier = bundled_embedder.classifier
+    assert classifier.top1(flower[87:360, 167:447])[0] == "mushroom"
+    label, prob, agreeing = classifier.across_scales(flower, box, SUBJECT_SCALES)
+    assert (label, agreeing) == ("daisy", 2) and 0 < prob < 1
+    assert classifier.across_scales(flower, box, (1.0,))[:3:2] == ("mushroom", 1)

@@ -59,8 +59,9 @@ CONFIDENCE_PULL = 0.15  # an object's text share shrinks by this much x (1 - its
 PERSON = "person"
 PERSON_CLOTHES_ROWS = (0.3, 0.85)  # the window of a person's box (shares of its height ...
 PERSON_CLOTHES_COLUMNS = (0.2, 0.8)  # ... and width) whose colour names their clothes
-MIN_CLASSIFIED_PROB = 0.25  # the photo's subject is kept when the classifier is this sure what it is
 SUBJECT_SEARCH_MAX_AREA = 0.2  # the subject is looked for in photos whose largest detection covers less than this share
+SUBJECT_SCALES = (0.8, 1.0, 1.5)  # the subject's box is classified grown by each of these; it is kept when one label
+SUBJECT_MIN_PROB = 0.25  # ... leads at two of them or averages this probability
 CONTEXT_MIN_PROB = 0.25  # a person is described as in the photo's scene when the classifier is this sure of it
 CONTEXT_WEIGHT = 0.5  # weight of that description (x the scene's probability)
 SCENE_MIN_PROB = 0.25  # a whole-image object is added when the classifier is this sure ...
@@ -133,8 +134,8 @@ class BundledEmbedder:
 
     # -- internals -----------------------------------------------------------------------------
     def _detect_one(self, image, out) -> Detections:
-        """The detector's objects, then the photo's subject (when no detection is large and it is
-        something the classifier knows) and the whole photo (when the classifier is sure of it and
+        """The detector's objects, then the photo's subject (when no detection is large and the
+        classifier names it consistently across scales) and the whole photo (when the classifier is sure of it and
         no object already covers or names it)."""
         height, width = image.shape[:2]
         boxes_norm, labels = out.boxes_norm, list(out.labels)
@@ -144,10 +145,12 @@ class BundledEmbedder:
             subject = subject_box(image)
         if subject is not None:
             subject_norm = subject / np.array([width, height, width, height], np.float32)
-            if not len(boxes_norm) or box_iou(subject_norm[None], boxes_norm).max() < 0.5:
+            label, prob, agreeing = self.classifier.across_scales(image, subject, SUBJECT_SCALES)
+            new = not len(boxes_norm) or box_iou(subject_norm[None], boxes_norm).max() < 0.5
+            if new and (agreeing >= 2 or prob >= SUBJECT_MIN_PROB):
                 boxes_norm = np.concatenate([boxes_norm, subject_norm[None]])
-                scores.append(None)  # labelled by the classifier, below
-                labels.append(None)
+                scores.append(prob)
+                labels.append(label)
         scene_label, scene_prob = self.classifier.top1(image)
         whole = np.array([[0.0, 0.0, 1.0, 1.0]], np.float32)
         covered = len(boxes_norm) and box_iou(whole, boxes_norm).max() >= SCENE_MAX_IOU
@@ -158,7 +161,7 @@ class BundledEmbedder:
             scores.append(scene_prob)
             labels.append(scene_label)
         described = self._describe(image, out.features, boxes_norm, labels, scores, (scene_label, scene_prob))
-        keep = [i for i in range(len(boxes_norm)) if labels[i] is not None or described.scores[i] >= MIN_CLASSIFIED_PROB]
+        keep = list(range(len(boxes_norm)))
         if scene_at is not None:
             named = {name.lower() for i in keep if i != scene_at for name in (described.labels[i], described.fine_labels[i])}
             if scene_label.lower() in named:  # an object already says what the photo shows, with its own box

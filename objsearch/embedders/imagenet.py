@@ -65,3 +65,21 @@ class ImageNetClassifier:
         probs = self.probabilities(crop)
         best = int(np.argmax(probs))
         return self.labels[best], float(probs[best])
+
+    def across_scales(self, image: np.ndarray, box_xyxy, scales: tuple[float, ...]) -> tuple[str, float, int]:
+        """Classify the crop of ``box_xyxy`` (pixels) grown about its centre by each of ``scales``
+        (clipped to the image) -> (the label of the mean probabilities, its mean probability, at how
+        many scales it is also the top-1). A label that holds across scales is the object's, not a
+        texture of one crop (a dahlia's tight crop reads "mushroom", every wider one "daisy")."""
+        height, width = image.shape[:2]
+        x1, y1, x2, y2 = (float(v) for v in box_xyxy)
+        cx, cy, w, h = (x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1
+        probs = []
+        for scale in scales:
+            left, right = int(max(0, cx - scale * w / 2)), int(np.ceil(min(width, cx + scale * w / 2)))
+            top, bottom = int(max(0, cy - scale * h / 2)), int(np.ceil(min(height, cy + scale * h / 2)))
+            probs.append(self.probabilities(image[top:max(bottom, top + 1), left:max(right, left + 1)]))
+        stacked = np.stack(probs)
+        best = int(np.argmax(stacked.mean(axis=0)))
+        return self.labels[best], float(stacked[:, best].mean()), int((stacked.argmax(axis=1) == best).sum())
+
