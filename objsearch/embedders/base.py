@@ -24,7 +24,8 @@ class Detections:
     """The objects found in one image.
 
     boxes_xyxy: (N, 4) float32, absolute pixels of the image as given to ``detect``.
-    scores:     (N,) float32 detector confidence in [0, 1].
+    scores:     (N,) float32 confidence in each object's label, in [0, 1] (a detector's score, or a
+                classifier's probability for objects it named).
     labels:     N category names.
     embeddings: (N, D) float32, rows L2-normalised.
     captions:   N short descriptions (or None each), e.g. "a brown dog (golden retriever)".

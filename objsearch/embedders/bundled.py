@@ -7,7 +7,8 @@ weights exist offline, so an object is put into the text space by *describing* i
     phrases   = "a(n) {colour} {label}"  (a person: "a person in {colour of their clothes}"),
                 the classifier's finer label for the crop ("a person with a military uniform"),
                 for a person, the photo's scene ("a person in blue, seashore")
-    text part = MiniLM embeddings of the phrases, summed with weights = each source's confidence
+    text part = MiniLM embeddings of the phrases, summed with weights that follow each source's
+                confidence (detector score; 0.6 x classifier probability; 0.5 x scene probability)
 
 and its look is kept in an appearance part that text queries ignore:
 
@@ -15,8 +16,8 @@ and its look is kept in an appearance part that text queries ignore:
                   HSV colour histogram of its mask's pixels (32-d)]
 
 Objects are the detector's boxes; the photo's subject (``masks.subject_box``: GrabCut against the
-photo's border) where no detection is large, labelled by the classifier when it is sure; and the
-whole photo when the classifier is sure of it and nothing already covers or names it. Each object's
+photo's border) where no detection is large, under the label the classifier gives it consistently
+across scales (``ImageNetClassifier.across_scales``); and the whole photo when the classifier is sure of it and nothing already covers or names it. Each object's
 mask comes from GrabCut seeded by its box (``objsearch.embedders.masks``); it is stored (COCO RLE),
 and the colour, histogram and pooled features are read from its pixels rather than the box's.
 
@@ -38,7 +39,7 @@ from typing import Sequence
 
 import numpy as np
 
-from objsearch.box_ops import box_iou
+from objsearch.box_ops import box_area, box_iou
 from objsearch.embedders.base import Detections, register_embedder
 from objsearch.embedders.colour import HIST_DIM, colour_histogram, dominant_colour
 from objsearch.embedders.imagenet import ImageNetClassifier
@@ -60,22 +61,19 @@ PERSON = "person"
 PERSON_CLOTHES_ROWS = (0.3, 0.85)  # the window of a person's box (shares of its height ...
 PERSON_CLOTHES_COLUMNS = (0.2, 0.8)  # ... and width) whose colour names their clothes
 SUBJECT_SEARCH_MAX_AREA = 0.2  # the subject is looked for in photos whose largest detection covers less than this share
-SUBJECT_SCALES = (0.8, 1.0, 1.5)  # the subject's box is classified grown by each of these; it is kept when one label
-SUBJECT_MIN_PROB = 0.25  # ... leads at two of them or averages this probability
+SUBJECT_SCALES = (0.8, 1.0, 1.5)  # the subject's box is classified grown by each of these; it is kept under the label
+SUBJECT_MIN_AGREEING = 2  # ... of their mean probabilities when it is also the top-1 at this many of them
+SUBJECT_FLOOR_PROB = 0.1  # ... and averages this probability, or when it averages SUBJECT_MIN_PROB
+SUBJECT_MIN_PROB = 0.25
 CONTEXT_MIN_PROB = 0.25  # a person is described as in the photo's scene when the classifier is this sure of it
 CONTEXT_WEIGHT = 0.5  # weight of that description (x the scene's probability)
 SCENE_MIN_PROB = 0.25  # a whole-image object is added when the classifier is this sure ...
-SCENE_MAX_IOU = 0.7  # ... and no detection already covers the frame
+SCENE_MAX_IOU = 0.7  # ... and no object (detection or subject) already covers the frame
 
 
 def with_article(phrase: str) -> str:
     """'orange cat' -> 'an orange cat'."""
     return ("an " if phrase[:1].lower() in "aeiou" else "a ") + phrase
-
-
-def _areas(boxes_norm: np.ndarray) -> np.ndarray:
-    """(N, 4) normalised xyxy boxes -> (N,) shares of the photo."""
-    return (boxes_norm[:, 2] - boxes_norm[:, 0]) * (boxes_norm[:, 3] - boxes_norm[:, 1])
 
 
 def _normalise(rows: np.ndarray) -> np.ndarray:
@@ -116,113 +114,123 @@ class BundledEmbedder:
 
     def embed_regions(self, image: np.ndarray, boxes_xyxy: np.ndarray) -> np.ndarray:
         """A user-drawn box that overlaps a detection (IoU >= 0.5) is described as that detection
-        (its label, and its box for the mask, colour and features), so a box drawn around an
-        indexed object finds that object first; other boxes are described as drawn."""
+        (its label and score, and its box for the mask, colour and features), so a box drawn around
+        an indexed object finds that object first; any other box is named as a subject is, by the
+        classifier's label across scales."""
         out = self.detector([image])[0]
         height, width = image.shape[:2]
-        boxes_norm = np.asarray(boxes_xyxy, dtype=np.float32).reshape(-1, 4) / np.array([width, height, width, height], np.float32)
-        labels: list[str | None] = [None] * len(boxes_norm)
-        scores: list[float | None] = [None] * len(boxes_norm)
-        if len(out.labels):
-            ious = box_iou(boxes_norm, out.boxes_norm)
-            for i, row in enumerate(ious):
-                if row.max() >= 0.5:
-                    labels[i] = out.labels[int(row.argmax())]
-                    scores[i] = float(out.scores[int(row.argmax())])
-                    boxes_norm[i] = out.boxes_norm[int(row.argmax())]
-        return self._describe(image, out.features, boxes_norm, labels, scores, self.classifier.top1(image)).embeddings
+        size = np.array([width, height, width, height], np.float32)
+        boxes_norm = np.asarray(boxes_xyxy, dtype=np.float32).reshape(-1, 4) / size
+        ious = box_iou(boxes_norm, out.boxes_norm) if len(out.labels) else np.zeros((len(boxes_norm), 0))
+        labels, scores, classified = [], [], []
+        for i, row in enumerate(ious):
+            if row.size and row.max() >= 0.5:
+                match = int(row.argmax())
+                boxes_norm[i] = out.boxes_norm[match]
+                labels.append(out.labels[match])
+                scores.append(float(out.scores[match]))
+                classified.append(False)
+            else:
+                label, prob, _ = self.classifier.across_scales(image, boxes_norm[i] * size, SUBJECT_SCALES)
+                labels.append(label)
+                scores.append(prob)
+                classified.append(True)
+        scene = self.classifier.top1(image) if PERSON in labels else None
+        return self._embed_boxes(image, out.features, boxes_norm, labels, scores, classified, scene).embeddings
 
     # -- internals -----------------------------------------------------------------------------
     def _detect_one(self, image, out) -> Detections:
         """The detector's objects, then the photo's subject (when no detection is large and the
-        classifier names it consistently across scales) and the whole photo (when the classifier is sure of it and
-        no object already covers or names it)."""
+        classifier names it consistently across scales) and the whole photo (when the classifier is
+        sure of it and no object already covers or names it)."""
         height, width = image.shape[:2]
+        size = np.array([width, height, width, height], np.float32)
         boxes_norm, labels = out.boxes_norm, list(out.labels)
-        scores: list[float | None] = [float(v) for v in out.scores]
-        subject = None
-        if not len(boxes_norm) or _areas(boxes_norm).max() < SUBJECT_SEARCH_MAX_AREA:
+        scores = [float(v) for v in out.scores]
+        classified = [False] * len(labels)  # whether an object's label is the classifier's
+
+        def add(box_norm: np.ndarray, label: str, score: float) -> None:
+            nonlocal boxes_norm
+            boxes_norm = np.concatenate([boxes_norm, box_norm[None].astype(np.float32)])
+            labels.append(label)
+            scores.append(score)
+            classified.append(True)
+
+        if not len(labels) or box_area(boxes_norm).max() < SUBJECT_SEARCH_MAX_AREA:
             subject = subject_box(image)
-        if subject is not None:
-            subject_norm = subject / np.array([width, height, width, height], np.float32)
-            label, prob, agreeing = self.classifier.across_scales(image, subject, SUBJECT_SCALES)
-            new = not len(boxes_norm) or box_iou(subject_norm[None], boxes_norm).max() < 0.5
-            if new and (agreeing >= 2 or prob >= SUBJECT_MIN_PROB):
-                boxes_norm = np.concatenate([boxes_norm, subject_norm[None]])
-                scores.append(prob)
-                labels.append(label)
+            if subject is not None and (not len(labels) or box_iou(subject / size, boxes_norm).max() < 0.5):
+                label, prob, agreeing = self.classifier.across_scales(image, subject, SUBJECT_SCALES)
+                if (agreeing >= SUBJECT_MIN_AGREEING and prob >= SUBJECT_FLOOR_PROB) or prob >= SUBJECT_MIN_PROB:
+                    add(subject / size, label, prob)
         scene_label, scene_prob = self.classifier.top1(image)
-        whole = np.array([[0.0, 0.0, 1.0, 1.0]], np.float32)
-        covered = len(boxes_norm) and box_iou(whole, boxes_norm).max() >= SCENE_MAX_IOU
+        whole = np.array([0.0, 0.0, 1.0, 1.0], np.float32)
+        covered = len(labels) and box_iou(whole, boxes_norm).max() >= SCENE_MAX_IOU
         scene_at = None
         if scene_prob >= SCENE_MIN_PROB and not covered:
-            scene_at = len(boxes_norm)
-            boxes_norm = np.concatenate([boxes_norm, whole])
-            scores.append(scene_prob)
-            labels.append(scene_label)
-        described = self._describe(image, out.features, boxes_norm, labels, scores, (scene_label, scene_prob))
-        keep = list(range(len(boxes_norm)))
+            scene_at = len(labels)
+            add(whole, scene_label, scene_prob)
+        described = self._embed_boxes(image, out.features, boxes_norm, labels, scores, classified, (scene_label, scene_prob))
+        keep = list(range(len(labels)))
         if scene_at is not None:
-            named = {name.lower() for i in keep if i != scene_at for name in (described.labels[i], described.fine_labels[i])}
+            named = {labels[i].lower() for i in keep if i != scene_at}
+            named |= {fine.lower() for i, (fine, prob) in enumerate(described.fine) if i != scene_at and prob >= CLASSIFIER_MIN_PROB}
             if scene_label.lower() in named:  # an object already says what the photo shows, with its own box
                 keep.remove(scene_at)
         return Detections(
-            boxes_xyxy=boxes_norm[keep] * np.array([width, height, width, height], np.float32),
-            scores=np.asarray([described.scores[i] for i in keep], np.float32),
-            labels=[described.labels[i] for i in keep],
+            boxes_xyxy=boxes_norm[keep] * size,
+            scores=np.asarray([scores[i] for i in keep], np.float32),
+            labels=[labels[i] for i in keep],
             embeddings=described.embeddings[keep],
             captions=[described.captions[i] for i in keep],
             masks=[rle(described.masks[i]) for i in keep],
         )
 
-    def _describe(self, image, features, boxes_norm, labels: list[str | None], scores: list[float | None],
-                  scene: tuple[str, float]) -> "Described":
-        """Describe and embed each normalised box. ``scores``: the confidence in each box's label,
-        in [0, 1]; a None label (and its None score) is the classifier's label (and probability).
-        ``scene``: the classifier's (label, probability) for the whole photo."""
+    def _embed_boxes(self, image, features, boxes_norm, labels: list[str], scores: list[float], classified: list[bool],
+                     scene: tuple[str, float] | None) -> "Described":
+        """Describe and embed each of the (N, 4) normalised boxes. ``scores``: the confidence in each
+        box's label, in [0, 1]; ``classified``: whether that label is already the classifier's (then
+        its crop is not classified again); ``scene``: the classifier's (label, probability) for the
+        whole photo, or None."""
         height, width = image.shape[:2]
-        phrases, phrase_weights, captions, final_labels, fine_labels, final_scores, hists, masks = [], [], [], [], [], [], [], []
-        for (x1, y1, x2, y2), label, score in zip(boxes_norm, labels, scores):
+        phrases, phrase_weights, captions, fine, hists, masks = [], [], [], [], [], []
+        for (x1, y1, x2, y2), label, score, is_classified in zip(boxes_norm, labels, scores, classified):
             rows = slice(int(y1 * height), max(int(np.ceil(y2 * height)), int(y1 * height) + 1))
             cols = slice(int(x1 * width), max(int(np.ceil(x2 * width)), int(x1 * width) + 1))
             crop = image[rows, cols]
             mask = grabcut_mask(image, (x1 * width, y1 * height, x2 * width, y2 * height))
             masks.append(mask)
-            fine_label, fine_prob = self.classifier.top1(crop)
-            label, score = (label, score) if label is not None else (fine_label, fine_prob)
+            fine_label, fine_prob = (label, score) if is_classified else self.classifier.top1(crop)
             colour = dominant_colour(*_colour_pixels(crop, mask[rows, cols], label))
             description = describe(label, colour, fine_label, fine_prob, float(score), scene)
             phrases.append(description.phrases)
             phrase_weights.append(description.weights)
             captions.append(description.caption)
-            final_labels.append(label)
-            fine_labels.append(fine_label)
-            final_scores.append(float(score))
+            fine.append((fine_label, fine_prob))
             hists.append(colour_histogram(crop, mask[rows, cols]))
-        if not final_labels:
-            return Described(np.zeros((0, self.embed_dim), np.float32), [], [], [], [], [])
-        encoded = iter(self.text.encode([p for ps in phrases for p in ps]))
-        text_part = _normalise(np.stack([sum(w * next(encoded) for w in ws) for ws in phrase_weights]))
+        if not labels:
+            return Described(np.zeros((0, self.embed_dim), np.float32), [], [], [])
+        encoded = self.text.encode([phrase for own in phrases for phrase in own])
+        ends = np.cumsum([len(own) for own in phrases])
+        text_part = _normalise(np.stack([np.asarray(weights, np.float32) @ encoded[end - len(weights):end]
+                                         for weights, end in zip(phrase_weights, ends)]))
         backbone = _normalise(np.sqrt(masked_mean_features(features, boxes_norm, masks)))
         appearance = np.concatenate(
             [np.sqrt(BACKBONE_SHARE) * _normalise(backbone @ self._projection), np.sqrt(1 - BACKBONE_SHARE) * np.stack(hists)],
             axis=1,
         )
-        text_share = TEXT_SHARE * (1 - CONFIDENCE_PULL * (1 - np.clip(np.asarray(final_scores, np.float32), 0, 1)))[:, None]
+        text_share = TEXT_SHARE * (1 - CONFIDENCE_PULL * (1 - np.clip(np.asarray(scores, np.float32), 0, 1)))[:, None]
         embeddings = np.concatenate([np.sqrt(text_share) * text_part, np.sqrt(1 - text_share) * appearance], axis=1)
-        return Described(_normalise(embeddings), final_labels, fine_labels, final_scores, captions, masks)
+        return Described(_normalise(embeddings), captions, fine, masks)
 
 
 @dataclass(frozen=True)
 class Described:
-    """N described boxes: (N, embed_dim) embeddings; each box's label, the classifier's top-1
-    label for its crop, the confidence in its label ([0, 1]), caption and (H, W) bool mask."""
+    """N described boxes: (N, embed_dim) embeddings; each box's caption, the classifier's
+    (label, probability) for it, and (H, W) bool mask."""
 
     embeddings: np.ndarray
-    labels: list[str]
-    fine_labels: list[str]
-    scores: list[float]
     captions: list[str]
+    fine: list[tuple[str, float]]
     masks: list[np.ndarray]
 
 

@@ -6,6 +6,9 @@ pixels between them with a graph cut. The region is the box grown by MARGIN on e
 background model sees the object's surroundings; it is shrunk to at most WORK_SIDE pixels a side
 first (the cost grows with its pixels), and the cut is scaled back to the box.
 
+``subject_box`` runs the same cut against a photo's border to propose its main subject, for
+objects the detector has no class for.
+
 Inputs are (H, W, 3) uint8 RGB images and xyxy pixel boxes; a mask is (H, W) bool, True inside the
 object, False everywhere outside its box.
 """
