@@ -6,8 +6,9 @@ STAMP := $(VENV)/.installed
 DEMO := demo
 DARKNET := .cache/darknet
 ULTRALYTICS := .cache/ultralytics
+OPENCV := .cache/opencv
 
-.PHONY: demo test venv darknet-photos ultralytics-photos chromium clean
+.PHONY: demo test venv darknet-photos ultralytics-photos opencv-photos chromium clean
 
 venv: $(STAMP)
 
@@ -39,6 +40,17 @@ ultralytics-photos: $(STAMP)
 		$(BIN)/python -m pip download --quiet --no-deps "ultralytics==8.4.190" -d $(ULTRALYTICS) >/dev/null 2>&1 \
 		|| echo "ultralytics' wheel could not be downloaded; the real-photo tests will skip"; \
 	fi
+
+# OpenCV's sample photos (Debian's opencv-doc, a 96 MB download; only examples/data is unpacked) for
+# the held-out real-photo set, `objsearch bench real-photos --held-out`; `make test` does not need them.
+opencv-photos:
+	@if [ ! -d /usr/share/doc/opencv-doc/examples/data ] && [ ! -d $(OPENCV)/usr/share/doc/opencv-doc/examples/data ]; then \
+		mkdir -p $(OPENCV) && cd $(OPENCV) \
+		&& { apt-get download opencv-doc >/dev/null 2>&1 || { apt-get update -qq >/dev/null 2>&1; apt-get download opencv-doc >/dev/null 2>&1; }; } \
+		&& dpkg-deb --fsys-tarfile opencv-doc_*.deb | tar -x --wildcards './usr/share/doc/opencv-doc/examples/data/*' \
+		&& rm -f opencv-doc_*.deb; \
+	fi
+	@echo "OpenCV's sample data: export OBJSEARCH_OPENCV_DATA=$(CURDIR)/$(OPENCV)/usr/share/doc/opencv-doc/examples/data"
 
 # The browser tests drive Debian's chromium (Playwright's own browser download needs the internet).
 # Installed with apt-get when missing, which needs root (as CI runs); elsewhere the browser tests

@@ -25,8 +25,9 @@ from benchmarks.provenance import commit, utc_now
 DEPTH = 10
 
 
-def run_real_photos(models: list[str], modes: list[str], out_dir: Path | None = None, *, embedders: dict[str, Any] | None = None) -> dict:
-    """Index the set with each of ``models`` (names, or keys of ``embedders``: name -> a loaded
+def run_real_photos(models: list[str], modes: list[str], out_dir: Path | None = None, *, embedders: dict[str, Any] | None = None,
+                    annotations: Path | None = None) -> dict:
+    """Index the set (``annotations``: its JSON file, by default ``real_photos.ANNOTATIONS``) with each of ``models`` (names, or keys of ``embedders``: name -> a loaded
     embedder) and measure each of ``modes``; results.json and results.md are written to ``out_dir``
     when given. Returns the results: ``rows`` (one per model and mode, ``by_kind`` -> R@1, R@5,
     queries) and ``queries`` (per query: the rank of the first object found, or None)."""
@@ -34,11 +35,12 @@ def run_real_photos(models: list[str], modes: list[str], out_dir: Path | None = 
     from objsearch import open_index
     from objsearch.datasets import real_photos
 
-    queries = real_photos.load_queries()
+    annotations = annotations or real_photos.ANNOTATIONS
+    queries = real_photos.load_queries(annotations)
     work = Path(tempfile.mkdtemp(prefix="real-photos-"))
     rows, per_query, masks, mask_cost = [], {}, {}, {}
     try:
-        photos = real_photos.gather(work / "photos")
+        photos = real_photos.gather(work / "photos", annotations)
         for model in models:
             embedder = (embedders or {}).get(model)
             started = time.perf_counter()
@@ -51,11 +53,11 @@ def run_real_photos(models: list[str], modes: list[str], out_dir: Path | None = 
                     rows.append({"model": model, "mode": mode, "objects": summary.objects_added, "index_seconds": round(index_seconds, 1),
                                  "by_kind": recall_by_kind(queries, ranks)})
                     per_query[f"{model} / {mode}"] = {q.name: rank for q, rank in zip(queries, ranks)}
-                masks[model] = mask_quality(index, photos)
+                masks[model] = mask_quality(index, photos, annotations)
                 mask_cost[model] = mask_seconds(index)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    results = {"commit": commit(), "date": utc_now(), "photos": len(real_photos.photo_names()), "depth": DEPTH,
+    results = {"commit": commit(), "date": utc_now(), "set": annotations.name, "photos": len(real_photos.photo_names(annotations)), "depth": DEPTH,
                "rows": rows, "queries": per_query, "masks": masks,
                "mask_ms_per_object": mask_cost}
     if out_dir is not None:
@@ -84,7 +86,7 @@ def first_found(index, photos: Path, query, mode: str) -> int | None:
     return int(np.argmax(found)) + 1 if found.any() else None
 
 
-def mask_quality(index, photos: Path) -> dict:
+def mask_quality(index, photos: Path, annotations: Path) -> dict:
     """Each hand-drawn outline (``real_photos.load_masks``) against the mask of the indexed object
     whose box overlaps its box most: mask IoU, and the IoU of that object's box taken as a mask
     (what a mask must beat to be worth storing). None where no object overlaps or it has no mask."""
@@ -95,7 +97,7 @@ def mask_quality(index, photos: Path) -> dict:
     from objsearch.embedders.masks import decode, mask_iou
 
     out = {}
-    for drawn in real_photos.load_masks():
+    for drawn in real_photos.load_masks(annotations):
         path = str(photos / drawn.photo)
         quoted = path.replace("'", "''")
         objects = index.sql(f"SELECT object_id, x1, y1, x2, y2 FROM objects_images WHERE path = '{quoted}'")[1]

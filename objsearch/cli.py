@@ -491,15 +491,17 @@ def bench_real_photos(
     model: Annotated[list[str] | None, typer.Option("--model", metavar="MODEL", help="Embedder name, 'module:factory', or checkpoint dir; repeat to compare several (default: bundled).", show_default=False)] = None,
     mode: Annotated[list[str] | None, typer.Option("--mode", metavar="MODE", help="Search mode: vector, keyword or hybrid; repeat for several (default: vector).", show_default=False)] = None,
     out: Annotated[Path, typer.Option("--out", help="Folder for results.json and results.md.")] = Path("bench-results"),
+    held_out: Annotated[bool, typer.Option("--held-out", help="The held-out set (12 photos of OpenCV's sample data; `make opencv-photos`) instead of the 20-photo set.")] = False,
 ) -> None:
     """R@1 and R@5 by query kind on 20 real photos from installed packages, with hand-drawn boxes."""
     from benchmarks.real_photos import markdown, run_real_photos
+    from objsearch.datasets.real_photos import ANNOTATIONS, HELD_OUT
     from objsearch.search import SEARCH_MODES
 
     modes = mode or ["vector"]
     if bad := [m for m in modes if m not in SEARCH_MODES]:
         raise BadQuery(f"--mode is one of {', '.join(SEARCH_MODES)}, not {bad[0]!r}")
-    results = run_real_photos(model or ["bundled"], modes, out)
+    results = run_real_photos(model or ["bundled"], modes, out, annotations=HELD_OUT if held_out else ANNOTATIONS)
     typer.echo(markdown(results))
     typer.echo(f"\nwritten: {out / 'results.json'}, {out / 'results.md'}")
 

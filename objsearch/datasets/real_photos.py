@@ -7,6 +7,11 @@ or ``/usr/share/darknet/data``) and ultralytics' wheel (``$OBJSEARCH_ULTRALYTICS
 file, or a folder holding one; only two JPEGs are read out of it, nothing is installed; `make test`
 downloads it). None is committed to this repository.
 
+A second, held-out set (``real_photos_held_out.json``: 12 photos of OpenCV's sample data, from
+Debian's ``opencv-doc`` package, ``$OBJSEARCH_OPENCV_DATA`` or its examples/data folder; `make
+opencv-photos` fetches it) was annotated after the bundled model it measures was fixed; each
+function below takes the set's annotation file.
+
 Query kinds: ``coco`` (a COCO label: "dog"), ``colour`` (a colour and a label: "white horse"),
 ``role`` (what a person is doing or is: "an astronaut"), ``beyond`` (objects without a COCO class:
 "rocket"), ``small`` (small objects: "spoon", "sunglasses") and ``region`` (a box of one photo;
@@ -26,6 +31,9 @@ from objsearch.errors import ObjsearchError
 from objsearch.samples import DARKNET_ENV, darknet_dir, package_dir
 
 ANNOTATIONS = Path(__file__).with_name("real_photos.json")
+HELD_OUT = Path(__file__).with_name("real_photos_held_out.json")
+OPENCV_ENV = "OBJSEARCH_OPENCV_DATA"
+OPENCV_DIRS = ("/usr/share/doc/opencv-doc/examples/data",)
 KINDS = ("coco", "colour", "role", "beyond", "small", "region")
 COCO_VOCABULARY = ("coco", "colour", "role")  # queries about objects of COCO's classes
 ULTRALYTICS_ENV = "OBJSEARCH_ULTRALYTICS_WHEEL"
@@ -52,9 +60,9 @@ class RealQuery:
         return self.text if self.text is not None else f"region {self.image} {list(self.box)}"
 
 
-def load_queries() -> list[RealQuery]:
+def load_queries(annotations: Path = ANNOTATIONS) -> list[RealQuery]:
     """The set's queries, each with its relevant objects resolved to boxes."""
-    data = json.loads(ANNOTATIONS.read_text())
+    data = json.loads(annotations.read_text())
     queries = []
     for q in data["queries"]:
         relevant = q["relevant"] if isinstance(q["relevant"], dict) else data["objects"][q["relevant"]]
@@ -83,21 +91,21 @@ class DrawnMask:
         return np.asarray(canvas).astype(bool)
 
 
-def load_masks() -> list[DrawnMask]:
+def load_masks(annotations: Path = ANNOTATIONS) -> list[DrawnMask]:
     """The hand-drawn outlines of a few objects (to measure masks against)."""
     return [DrawnMask(m["photo"], m["object"], tuple(m["box"]), [tuple(p) for p in m["polygon"]])
-            for m in json.loads(ANNOTATIONS.read_text())["masks"]]
+            for m in json.loads(annotations.read_text())["masks"]]
 
 
-def photo_names() -> list[str]:
-    return sorted(json.loads(ANNOTATIONS.read_text())["photos"])
+def photo_names(annotations: Path = ANNOTATIONS) -> list[str]:
+    return sorted(json.loads(annotations.read_text())["photos"])
 
 
-def gather(dest: str | os.PathLike) -> Path:
-    """Copy the set's 20 photos into ``dest`` (created; files already there are kept). Raises
+def gather(dest: str | os.PathLike, annotations: Path = ANNOTATIONS) -> Path:
+    """Copy the set's photos into ``dest`` (created; files already there are kept). Raises
     MissingPhotos naming every photo whose source is not installed, and where to get it."""
     dest = Path(dest)
-    photos = json.loads(ANNOTATIONS.read_text())["photos"]
+    photos = json.loads(annotations.read_text())["photos"]
     missing = []
     dest.mkdir(parents=True, exist_ok=True)
     for name, (source, file_name) in sorted(photos.items()):
@@ -109,8 +117,8 @@ def gather(dest: str | os.PathLike) -> Path:
             missing.append(f"{name} ({exc})")
     if missing:
         raise MissingPhotos(f"{len(missing)} photos of the real-photo set are not on this machine: {'; '.join(missing)}. "
-                            "`make test` fetches Debian's darknet package and ultralytics' wheel; or set "
-                            f"${DARKNET_ENV} and ${ULTRALYTICS_ENV}")
+                            "`make test` fetches Debian's darknet package and ultralytics' wheel, `make opencv-photos` "
+                            f"OpenCV's sample data; or set ${DARKNET_ENV}, ${ULTRALYTICS_ENV} and ${OPENCV_ENV}")
     return dest
 
 
@@ -136,6 +144,11 @@ def _source_folder(source: str) -> Path:
         if folder is None:
             raise FileNotFoundError(f"Debian's darknet data not found (apt-get install darknet, or set ${DARKNET_ENV})")
         return folder
+    if source == "opencv":
+        found = next((Path(d) for d in (os.environ.get(OPENCV_ENV, ""), *OPENCV_DIRS) if d and Path(d).is_dir()), None)
+        if found is None:
+            raise FileNotFoundError(f"OpenCV's sample data not found (apt-get install opencv-doc, `make opencv-photos`, or set ${OPENCV_ENV})")
+        return found
     package, inside = {"skimage": ("skimage", "data"), "sklearn": ("sklearn", "datasets/images"),
                        "matplotlib": ("matplotlib", "mpl-data/sample_data")}[source]
     folder = package_dir(package)
