@@ -30,14 +30,28 @@ def results(bundled_embedder):
         pytest.skip(str(exc))
 
 
+def _assert_well_formed(annotations):
+    queries = real_photos.load_queries(annotations)
+    for q in queries:
+        assert q.kind in real_photos.KINDS and (q.text is None) == (q.kind == "region") and q.relevant
+        assert set(q.relevant) <= set(real_photos.photo_names(annotations))
+        assert all(x1 < x2 and y1 < y2 for boxes in q.relevant.values() for x1, y1, x2, y2 in boxes)
+    return queries
+
+
 def test_the_set_has_twenty_photos_and_fifty_queries_of_every_kind():
-    queries = real_photos.load_queries()
+    queries = _assert_well_formed(real_photos.ANNOTATIONS)
     assert len(real_photos.photo_names()) >= 20 and sum(q.text is not None for q in queries) >= 50
     assert {q.kind for q in queries} == set(real_photos.KINDS)
-    for q in queries:
-        assert (q.text is None) == (q.kind == "region") and q.relevant
-        assert set(q.relevant) <= set(real_photos.photo_names())
-        assert all(x1 < x2 and y1 < y2 for boxes in q.relevant.values() for x1, y1, x2, y2 in boxes)
+
+
+def test_the_held_out_set_is_other_photos_and_says_where_to_get_them(tmp_path, monkeypatch):
+    queries = _assert_well_formed(real_photos.HELD_OUT)
+    assert len(queries) == 22 and not set(real_photos.photo_names(real_photos.HELD_OUT)) & set(real_photos.photo_names())
+    monkeypatch.setenv(real_photos.OPENCV_ENV, str(tmp_path / "nowhere"))
+    monkeypatch.setattr(real_photos, "OPENCV_DIRS", ())
+    result = CliRunner().invoke(app, ["bench", "real-photos", "--held-out", "--out", str(tmp_path)])
+    assert result.exit_code == 1 and "make opencv-photos" in result.output and "Traceback" not in result.output
 
 
 @pytest.mark.parametrize("mode", ["vector", "hybrid"])
