@@ -243,6 +243,12 @@ def test_matching_exact_words(page):
     page.wait_for_selector("#results .card")
     assert page.eval_on_selector("#mode", "select => select.value") == "keyword"
     assert len(page.query_selector_all("#results .card")) == len(cards)
+    page.select_option("#mode", "hybrid")  # ranked by the fused score, and the card says so
+    page.wait_for_url("**mode=hybrid**")
+    page.wait_for_function("() => { const s = document.querySelector('#results .card .sim'); return s && s.title.startsWith('fused score'); }")
+    first = page.query_selector("#results .card .sim")
+    assert "similarity" in first.get_attribute("title") and "keyword score" in first.get_attribute("title")
+    assert 0 < float(first.inner_text()) < 0.05  # 1/(60 + rank) summed over two rankings
 
 
 def test_downloading_the_results_as_csv_and_asking_for_no_near_duplicates(page):

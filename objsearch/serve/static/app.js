@@ -257,6 +257,19 @@ function showEmptyIndex() {
 
 function formatSimilarity(value) { return value.toFixed(3); }
 
+// The score a hit is ranked by, as [text, what it is]: a hybrid hit's fused score (with the two it
+// fuses), a keyword hit's BM25 score, or a vector hit's similarity.
+function rankingScore(hit) {
+  if (hit.fused_score !== null && hit.fused_score !== undefined) {
+    const parts = [];
+    if (hit.similarity !== null) parts.push(`similarity ${formatSimilarity(hit.similarity)}`);
+    if (hit.keyword_score !== null) parts.push(`keyword score ${formatSimilarity(hit.keyword_score)}`);
+    return [hit.fused_score.toFixed(4), `fused score (reciprocal rank fusion of ${parts.join(" and ") || "nothing"})`];
+  }
+  if (hit.similarity === null) return [formatSimilarity(hit.keyword_score), "keyword score (BM25)"];
+  return [formatSimilarity(hit.similarity), "similarity"];
+}
+
 // A text query in keyword or hybrid mode: ranked (also) by its words; other queries search by vector.
 function usesWords(query) { return Boolean(query.text) && query.mode !== undefined && query.mode !== "vector"; }
 
@@ -281,9 +294,9 @@ function card(hit) {
   meta.className = "meta";
   meta.innerHTML = '<div class="row"><span class="label"></span><span class="sim"></span></div><div class="caption"></div>';
   meta.querySelector(".label").textContent = hit.label;
-  const byWords = hit.similarity === null;
-  meta.querySelector(".sim").textContent = formatSimilarity(byWords ? hit.keyword_score : hit.similarity);
-  meta.querySelector(".sim").title = byWords ? "keyword score (BM25)" : "similarity";
+  const [score, scoreName] = rankingScore(hit);
+  meta.querySelector(".sim").textContent = score;
+  meta.querySelector(".sim").title = scoreName;
   meta.querySelector(".caption").textContent = hit.caption || "";
   meta.querySelector(".caption").title = hit.path;
   meta.appendChild(likeButton(hit.object_id, { className: "like" }));
