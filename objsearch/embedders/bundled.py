@@ -17,9 +17,10 @@ and its look is kept in an appearance part that text queries ignore:
 
 Objects are the detector's boxes; the photo's subject (``masks.subject_box``: GrabCut against the
 photo's border) where no detection is large, under the label the classifier gives it consistently
-across scales (``ImageNetClassifier.across_scales``); and the whole photo when the classifier is sure of it and nothing already covers or names it. Each object's
-mask comes from GrabCut seeded by its box (``objsearch.embedders.masks``); it is stored (COCO RLE),
-and the colour, histogram and pooled features are read from its pixels rather than the box's.
+across scales (``ImageNetClassifier.across_scales``); and the whole photo when the classifier is
+sure of it and nothing already covers or names it. Each object's mask comes from GrabCut seeded by
+its box (``objsearch.embedders.masks``); it is stored (COCO RLE), and the colour, histogram and
+pooled features are read from its pixels rather than the box's.
 
     object embedding = [sqrt(s) * text part, sqrt(1 - s) * appearance]  (512-d),
                        s = TEXT_SHARE * (1 - CONFIDENCE_PULL * (1 - confidence in its label))
