@@ -31,6 +31,7 @@ previous generation whole and the next writer deletes the half-written files.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from pathlib import Path
@@ -152,6 +153,14 @@ def write_segment_keywords(root: Path, table: pa.Table, tag: str) -> FileEntry:
     write_keywords(root / relative, table.column(schema.OBJECT_ID).to_numpy(), table.column(schema.LABEL).to_pylist(),
                    table.column(schema.CAPTION).to_pylist())
     return file_entry(root, relative)
+
+
+def rebuild_segment_keywords(root: Path, segment: Segment, embed_dim: int, tag: str) -> tuple[Segment, int]:
+    """``segment`` with a keywords file written anew from its objects shard's ids, labels and
+    captions (an upgrade from a format without one, or a repair); returns (it, the objects read)."""
+    table = parquet.read_shards([root / segment.objects.path], schema.objects_schema(embed_dim),
+                                [schema.OBJECT_ID, schema.LABEL, schema.CAPTION])
+    return dataclasses.replace(segment, keywords=write_segment_keywords(root, table, tag)), table.num_rows
 
 
 def merge_segments(root: Path, manifest: Manifest, start: int, end: int, tombstones: np.ndarray,

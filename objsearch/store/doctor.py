@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 from objsearch import schema
 from objsearch.errors import IndexCorrupt
 from objsearch.store import keywords, parquet, vectors
-from objsearch.store.compact import write_segment_keywords
+from objsearch.store.compact import rebuild_segment_keywords
 from objsearch.store.layout import MANIFEST, TOMBSTONES_DIR, VECTORS_DIR, FileEntry, WriterLock, file_entry, sha256_file
 from objsearch.store.manifest import Manifest, read_manifest, write_manifest
 from objsearch.store.gc import leased_manifest
@@ -235,9 +235,8 @@ def _rebuild_keywords(root: Path, manifest: Manifest, bad: set[str], report: Doc
     segments = []
     for number, segment in enumerate(manifest.segments):
         if segment.keywords is not None and segment.keywords.path in bad:
-            table = parquet.read_shards([root / segment.objects.path], schema.objects_schema(dim), [schema.OBJECT_ID, schema.LABEL, schema.CAPTION])
-            segment = dataclasses.replace(segment, keywords=write_segment_keywords(root, table, f"repaired-g{manifest.generation:08d}-{number:05d}"))
-            report.repairs.append(f"rebuilt {segment.keywords.path} from Parquet ({table.num_rows} objects)")
+            segment, objects = rebuild_segment_keywords(root, segment, dim, f"repaired-g{manifest.generation:08d}-{number:05d}")
+            report.repairs.append(f"rebuilt {segment.keywords.path} from Parquet ({objects} objects)")
         segments.append(segment)
     manifest.segments = segments
 

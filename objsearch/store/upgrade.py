@@ -20,7 +20,7 @@ from pathlib import Path
 from objsearch import schema
 from objsearch.errors import IndexCorrupt, ObjsearchError
 from objsearch.store import parquet
-from objsearch.store.compact import segment_index_type, write_segment, write_segment_keywords
+from objsearch.store.compact import rebuild_segment_keywords, segment_index_type, write_segment
 from objsearch.store.gc import collect_garbage
 from objsearch.store.layout import MANIFEST, FileEntry, WriterLock, sha256_file
 from objsearch.store.manifest import EmbedderInfo, Manifest, write_manifest
@@ -82,9 +82,7 @@ def add_keyword_index(root: Path, manifest: Manifest) -> Manifest:
     segments = []
     for number, segment in enumerate(manifest.segments):
         if segment.keywords is None:
-            table = parquet.read_shards([root / segment.objects.path], schema.objects_schema(manifest.embedder.embed_dim),
-                                        [schema.OBJECT_ID, schema.LABEL, schema.CAPTION])
-            segment = dataclasses.replace(segment, keywords=write_segment_keywords(root, table, f"g{generation:08d}-added-{number:05d}"))
+            segment, _ = rebuild_segment_keywords(root, segment, manifest.embedder.embed_dim, f"g{generation:08d}-added-{number:05d}")
         segments.append(segment)
     upgraded = dataclasses.replace(manifest, generation=generation, segments=segments, format_version=schema.SCHEMA_VERSION)
     write_manifest(root, upgraded)
