@@ -21,6 +21,8 @@ MATPLOTLIB_PHOTOS = ("grace_hopper.jpg",)
 DARKNET_PHOTOS = ("dog.jpg", "horses.jpg", "giraffe.jpg", "person.jpg", "kite.jpg", "eagle.jpg", "scream.jpg")
 DARKNET_DIRS = ("/usr/share/darknet/data",)
 DARKNET_ENV = "OBJSEARCH_DARKNET_DATA"
+# Where each package keeps its photos, inside its installed folder.
+PACKAGE_PHOTO_DIRS = {"skimage": "data", "matplotlib": "mpl-data/sample_data", "sklearn": "datasets/images"}
 
 
 def package_dir(name: str) -> Path | None:
@@ -34,22 +36,31 @@ def package_dir(name: str) -> Path | None:
 def sample_photo_sources() -> dict[str, Path]:
     """Destination file name -> source path, for every sample photo installed on this machine."""
     sources: dict[str, Path] = {}
-    skimage = package_dir("skimage")
-    if skimage:
-        sources.update({f"skimage-{n}": skimage / "data" / n for n in SKIMAGE_PHOTOS})
-    matplotlib = package_dir("matplotlib")
-    if matplotlib:
-        sources.update({f"matplotlib-{n}": matplotlib / "mpl-data" / "sample_data" / n for n in MATPLOTLIB_PHOTOS})
+    for package, names in (("skimage", SKIMAGE_PHOTOS), ("matplotlib", MATPLOTLIB_PHOTOS)):
+        folder = package_photo_dir(package)
+        if folder:
+            sources.update({f"{package}-{n}": folder / n for n in names})
     darknet = darknet_dir()
     if darknet:
         sources.update({f"darknet-{n}": darknet / n for n in DARKNET_PHOTOS})
     return {name: path for name, path in sources.items() if path.is_file()}
 
 
+def package_photo_dir(package: str) -> Path | None:
+    """The folder of ``package``'s photos (PACKAGE_PHOTO_DIRS), or None when it is not installed."""
+    folder = package_dir(package)
+    return folder / PACKAGE_PHOTO_DIRS[package] if folder else None
+
+
+def data_dir(env: str, defaults) -> Path | None:
+    """The folder named by the environment variable ``env``, else the first of ``defaults`` that
+    exists; None when none does."""
+    return next((Path(d) for d in (os.environ.get(env, ""), *defaults) if d and Path(d).is_dir()), None)
+
+
 def darknet_dir() -> Path | None:
     """Debian darknet's data folder: ``$OBJSEARCH_DARKNET_DATA``, else DARKNET_DIRS; None when absent."""
-    candidates = [os.environ.get(DARKNET_ENV, ""), *DARKNET_DIRS]
-    return next((Path(d) for d in candidates if d and Path(d).is_dir()), None)
+    return data_dir(DARKNET_ENV, DARKNET_DIRS)
 
 
 def gather_sample_photos(dest: str | os.PathLike) -> list[Path]:

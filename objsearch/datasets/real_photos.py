@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from objsearch.errors import ObjsearchError
-from objsearch.samples import DARKNET_ENV, darknet_dir, package_dir
+from objsearch.samples import DARKNET_ENV, darknet_dir, data_dir, package_photo_dir
 
 ANNOTATIONS = Path(__file__).with_name("real_photos.json")
 HELD_OUT = Path(__file__).with_name("real_photos_held_out.json")
@@ -145,16 +145,14 @@ def _source_folder(source: str) -> Path:
             raise FileNotFoundError(f"Debian's darknet data not found (apt-get install darknet, or set ${DARKNET_ENV})")
         return folder
     if source == "opencv":
-        found = next((Path(d) for d in (os.environ.get(OPENCV_ENV, ""), *OPENCV_DIRS) if d and Path(d).is_dir()), None)
+        found = data_dir(OPENCV_ENV, OPENCV_DIRS)
         if found is None:
             raise FileNotFoundError(f"OpenCV's sample data not found (apt-get install opencv-doc, `make opencv-photos`, or set ${OPENCV_ENV})")
         return found
-    package, inside = {"skimage": ("skimage", "data"), "sklearn": ("sklearn", "datasets/images"),
-                       "matplotlib": ("matplotlib", "mpl-data/sample_data")}[source]
-    folder = package_dir(package)
+    folder = package_photo_dir(source)
     if folder is None:
-        raise FileNotFoundError(f"the {package} package is not installed")
-    return folder / inside
+        raise FileNotFoundError(f"the {source} package is not installed")
+    return folder
 
 
 def _ultralytics_wheel() -> Path:

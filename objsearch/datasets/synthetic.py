@@ -28,8 +28,9 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
-from pycocotools import mask as mask_utils
 from tqdm import tqdm
+
+from objsearch.embedders.masks import rle
 
 log = logging.getLogger(__name__)
 
@@ -345,11 +346,6 @@ def referring_expressions(objects: list[dict], index: int, image_size: int) -> l
 # ----------------------------------------------------------------------------- writing
 
 
-def _rle(mask: np.ndarray) -> dict:
-    encoded = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    return {"size": [int(s) for s in encoded["size"]], "counts": encoded["counts"].decode("ascii")}
-
-
 def _categories(train_annotations: list[dict], num_train: int, config: SyntheticConfig) -> list[dict]:
     """COCO categories with LVIS-style frequency groups from the train split's image counts."""
     images = {c: set() for c in range(1, len(SHAPES) + 1)}
@@ -382,7 +378,7 @@ def _render_split(out_dir: Path, split: str, config: SyntheticConfig, ids: dict[
         for position, obj in enumerate(scene.objects):
             ann_id = ids["annotation"] = ids["annotation"] + 1
             keys = ("category_id", "bbox", "area", "colour", "size", "caption", "phrases")
-            records["annotations"].append({"id": ann_id, "image_id": image_id, "iscrowd": 0, "segmentation": _rle(obj["mask"]), **{k: obj[k] for k in keys}, "rgb": list(obj["rgb"])})
+            records["annotations"].append({"id": ann_id, "image_id": image_id, "iscrowd": 0, "segmentation": rle(obj["mask"]), **{k: obj[k] for k in keys}, "rgb": list(obj["rgb"])})
             expressions = referring_expressions(scene.objects, position, config.image_size)
             if not expressions:
                 continue
