@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.provenance import commit, report
+from objsearch.search import SEARCH_MODES as MODES
 
-MODES = ("vector", "keyword", "hybrid")
 RESULT = Path(__file__).parent / "results" / "hybrid_search" / "synthetic.json"
 
 

@@ -29,10 +29,8 @@ def grabcut_mask(image: np.ndarray, box_xyxy) -> np.ndarray:
 
     height, width = image.shape[:2]
     x1, y1, x2, y2 = _clip(box_xyxy, width, height)
-    mask = np.zeros((height, width), bool)
     if x2 - x1 < 2 or y2 - y1 < 2:
-        mask[y1:y2, x1:x2] = True
-        return mask
+        return box_mask(height, width, box_xyxy)
     mx, my = int(round(MARGIN * (x2 - x1))), int(round(MARGIN * (y2 - y1)))
     rx1, ry1, rx2, ry2 = max(0, x1 - mx), max(0, y1 - my), min(width, x2 + mx), min(height, y2 + my)
     region = image[ry1:ry2, rx1:rx2]
@@ -54,16 +52,23 @@ def grabcut_mask(image: np.ndarray, box_xyxy) -> np.ndarray:
     try:
         cv2.grabCut(np.ascontiguousarray(small[..., ::-1]), cut, None, *models, ITERATIONS, cv2.GC_INIT_WITH_MASK)
     except cv2.error:  # GrabCut refused the region (too few pixels to fit its colour models): no cut
-        mask[y1:y2, x1:x2] = True
-        return mask
+        return box_mask(height, width, box_xyxy)
     foreground = ((cut == cv2.GC_FGD) | (cut == cv2.GC_PR_FGD)).astype(np.float32)
     full = cv2.resize(foreground, (rx2 - rx1, ry2 - ry1), interpolation=cv2.INTER_LINEAR) >= 0.5 if scale < 1 else foreground >= 0.5
     inside = np.zeros_like(full)
     inside[y1 - ry1:y2 - ry1, x1 - rx1:x2 - rx1] = full[y1 - ry1:y2 - ry1, x1 - rx1:x2 - rx1]
     if inside.sum() < MIN_SHARE * (x2 - x1) * (y2 - y1):
-        mask[y1:y2, x1:x2] = True
-        return mask
+        return box_mask(height, width, box_xyxy)
+    mask = np.zeros((height, width), bool)
     mask[ry1:ry2, rx1:rx2] = inside
+    return mask
+
+
+def box_mask(height: int, width: int, box_xyxy) -> np.ndarray:
+    """(height, width) bool mask of the pixels of ``box_xyxy`` (pixels; clipped, edges rounded out)."""
+    x1, y1, x2, y2 = _clip(box_xyxy, width, height)
+    mask = np.zeros((height, width), bool)
+    mask[y1:y2, x1:x2] = True
     return mask
 
 
