@@ -72,12 +72,14 @@ def without_duplicates(index, hits: Sequence[Hit], threshold: float = DEFAULT_TH
     """``hits`` minus every hit at least ``threshold`` similar to a better-ranked hit kept; ranks
     renumbered. ``index``: the open ``Index`` the hits came from."""
     kept: list[Hit] = []
-    kept_vectors: list[np.ndarray] = []
+    kept_vectors = np.zeros((len(hits), index.manifest.embedder.embed_dim), np.float32)  # the first ``shown`` rows are filled
+    shown = 0
     for hit in hits:
         vector = index.vectors.reconstruct(hit.object_id)
-        if vector is not None and kept_vectors and float(np.max(np.asarray(kept_vectors) @ vector)) >= threshold:
+        if vector is not None and shown and float(np.max(kept_vectors[:shown] @ vector)) >= threshold:
             continue
         kept.append(hit)
         if vector is not None:
-            kept_vectors.append(vector)
+            kept_vectors[shown] = vector
+            shown += 1
     return [dataclasses.replace(hit, rank=rank) for rank, hit in enumerate(kept, 1)]

@@ -55,6 +55,12 @@ class Ranking:
         return {name: float(values[position]) for name, values in self.scores.items() if not np.isnan(values[position])}
 
 
+def _wanted(k: int, exclude: Sequence[int], per_image: bool) -> int:
+    """How many ranked objects a search for k hits asks for first: the excluded ones may be among
+    them, and per image it takes several objects to find k images."""
+    return (k + len(exclude)) * (4 if per_image else 1)
+
+
 def _scores_of(ids: np.ndarray, ranked_ids: np.ndarray, ranked_scores: np.ndarray) -> np.ndarray:
     """(len(ids),) the score ``ranked_scores`` gives each of ``ids`` in ``ranked_ids``; NaN where none."""
     position = {object_id: i for i, object_id in enumerate(ranked_ids.tolist())}
@@ -136,11 +142,12 @@ class Index:
         options.pop("min_score", None)
         expression = self._keyword_expression(query, mode)
         if mode == "keyword":
-            return self._search_ranked(lambda depth, allowed, deadline: self._keyword_ranking(expression, depth, allowed, deadline),
-                                       k, exclude=exclude, **options)
+            return self._search_ranked(lambda depth, allowed, deadline: self._keyword_ranking(expression, depth, allowed, deadline), k,
+                                       first_depth=max(KEYWORD_DEPTH, _wanted(k, exclude, options.get("per_image", False))),
+                                       exclude=exclude, **options)
         embedding = self._query_embedding(query)
-        return self._search_ranked(lambda depth, allowed, deadline: self._hybrid_ranking(embedding, expression, depth, allowed, deadline),
-                                   k, exclude=exclude, embedding=embedding, **options)
+        return self._search_ranked(lambda depth, allowed, deadline: self._hybrid_ranking(embedding, expression, depth, allowed, deadline), k,
+                                   first_depth=FUSION_DEPTH, exclude=exclude, embedding=embedding, **options)
 
     def _query_embedding(self, query: Query) -> np.ndarray:
         """The (D,) unit embedding of a checked query: its terms' embeddings combined (``combine``)."""
@@ -163,7 +170,6 @@ class Index:
         None in hybrid mode when the query has no words (its vector ranking stands alone)."""
         if mode == "keyword" and any(term.kind != "text" for term in query.terms):
             raise BadQuery("a keyword search matches words: an @object or @image term needs the vector or hybrid mode")
-        self.keywords.check_available()
         positive = [w for t in query.terms if t.kind == "text" and t.weight > 0 for w in keywords.query_words(_check_text(t.text))]
         negative = [w for t in query.terms if t.kind == "text" and t.weight < 0 for w in keywords.query_words(_check_text(t.text))]
         positive = list(dict.fromkeys(w for w in positive if w not in negative))
@@ -175,15 +181,24 @@ class Index:
         scores, ids = self.keywords.search(expression, depth, allowed, deadline)
         return Ranking(ids, {"keyword_score": scores}, exhausted=len(ids) < depth)
 
+    def _vector_ranking(self, embedding: np.ndarray, depth: int, allowed) -> Ranking:
+        """The ``depth`` objects (of ``allowed`` ids, or all) nearest ``embedding`` by inner product."""
+        # The most FAISS can return: an allowed id need not be in FAISS (nor a FAISS id in Parquet).
+        available = self.vectors.ntotal if allowed is None else min(len(allowed), self.vectors.ntotal)
+        depth = max(1, min(depth, available))
+        similarities, ids = self.vectors.search(embedding[None], depth, allowed)
+        valid = ids[0] >= 0
+        return Ranking(ids[0][valid], {"similarity": similarities[0][valid]}, exhausted=int(valid.sum()) < depth or depth >= available)
+
     def _hybrid_ranking(self, embedding: np.ndarray, expression: str | None, depth: int, allowed, deadline) -> Ranking:
-        similarities, vector_ids = self.vectors.search(embedding[None], depth, allowed)
-        similarities, vector_ids = similarities[0][vector_ids[0] >= 0], vector_ids[0][vector_ids[0] >= 0]
+        vector = self._vector_ranking(embedding, depth, allowed)
+        vector_ids, similarities = vector.ids, vector.scores["similarity"]
         keyword_scores, keyword_ids = (self.keywords.search(expression, depth, allowed, deadline) if expression is not None
                                        else (np.zeros(0), np.zeros(0, np.int64)))
         ids, fused = reciprocal_rank_fusion([vector_ids, keyword_ids])
         return Ranking(ids, {"fused_score": fused, "similarity": _scores_of(ids, vector_ids, similarities),
                              "keyword_score": _scores_of(ids, keyword_ids, keyword_scores)},
-                       exhausted=len(vector_ids) < depth and len(keyword_ids) < depth)
+                       exhausted=vector.exhausted and len(keyword_ids) < depth)
 
     def search_object(self, object_id: int, k: int = 10, **options) -> list[Hit]:
         """Objects most similar to an indexed object (the object itself is left out)."""
@@ -232,56 +247,40 @@ class Index:
         min_score: drop hits whose similarity is below this.
         per_image: keep only the best object of each image (k images).
         """
-        if k < 1:
-            raise BadQuery("k must be at least 1")
         embedding = np.asarray(embedding, dtype=np.float32).reshape(-1)
         if embedding.shape[0] != self.manifest.embedder.embed_dim:
             raise BadQuery(f"query embedding has {embedding.shape[0]} dimensions; this index has {self.manifest.embedder.embed_dim}")
-        deadline = self.catalog.deadline()  # one time limit for the filter, every round and its row look-ups
-        allowed = self.catalog.filter_object_ids(where, deadline) if where else None
-        # The most FAISS can return: an allowed id need not be in FAISS (nor a FAISS id in Parquet).
-        available = self.vectors.ntotal if allowed is None else min(len(allowed), self.vectors.ntotal)
-        fetch = min(available, (k + len(exclude)) * (4 if per_image else 1))
-        started = time.perf_counter()
-        while True:
-            # Widen the fetch until k hits survive the row look-up, exclusion and per-image rules;
-            # it at least quadruples each round and never exceeds ``available``, so the loop ends.
-            scores, ids = self.vectors.search(embedding[None], max(fetch, 1), allowed)
-            valid = ids[0] >= 0
-            ranking = Ranking(ids[0][valid], {"similarity": scores[0][valid]}, exhausted=False)
-            hits = self._select(ranking, k, per_image, set(exclude), deadline, min_score)
-            returned = int(valid.sum())
-            below_min = min_score is not None and returned and scores[0][returned - 1] < min_score
-            if len(hits) >= k or fetch >= available or returned < fetch or below_min:
-                break
-            self.catalog.check_deadline(deadline)
-            fetch = min(available, fetch * 4)
-        logger.debug("search took %.1f ms", (time.perf_counter() - started) * 1e3)
-        return hits
+        return self._search_ranked(lambda depth, allowed, deadline: self._vector_ranking(embedding, depth, allowed), k,
+                                   first_depth=_wanted(k, exclude, per_image), where=where, per_image=per_image,
+                                   exclude=exclude, min_score=min_score)
 
-    def _search_ranked(self, rank: Callable[[int, np.ndarray | None, float | None], Ranking], k: int, *,
+    def _search_ranked(self, rank: Callable[[int, np.ndarray | None, float | None], Ranking], k: int, *, first_depth: int,
                        where: str | None = None, per_image: bool = False, exclude: Sequence[int] = (),
-                       embedding: np.ndarray | None = None) -> list[Hit]:
-        """The first k hits of ``rank(depth, allowed ids, deadline)`` (a keyword or fused ranking of at
-        most ``depth`` objects), asked for deeper (x4) until k survive the row look-up, exclusion and
-        per-image rules or the ranking runs out. ``embedding``: the query's, to give each hit its
+                       embedding: np.ndarray | None = None, min_score: float | None = None) -> list[Hit]:
+        """The first k hits of ``rank(depth, allowed ids, deadline)`` (a vector, keyword or fused
+        ranking of at most ``depth`` objects, ``first_depth`` at first), asked for deeper (x4) until
+        k survive the row look-up and the exclusion, per-image and similarity rules
+        (``_select``) or the ranking runs out. ``embedding``: the query's, to give each hit its
         similarity where the ranking did not."""
         if k < 1:
             raise BadQuery("k must be at least 1")
-        deadline = self.catalog.deadline()
+        deadline = self.catalog.deadline()  # one time limit for the filter, every round and its row look-ups
         allowed = self.catalog.filter_object_ids(where, deadline) if where else None
-        wanted = (k + len(exclude)) * (4 if per_image else 1)
-        depth = FUSION_DEPTH if embedding is not None else max(KEYWORD_DEPTH, wanted)
+        depth = first_depth
+        started = time.perf_counter()
         while True:
             ranking = rank(depth, allowed, deadline)
-            hits = self._select(ranking, k, per_image, set(exclude), deadline)
-            if len(hits) >= k or ranking.exhausted:
+            hits = self._select(ranking, k, per_image, set(exclude), deadline, min_score)
+            similarities = ranking.scores.get("similarity")
+            below_min = min_score is not None and similarities is not None and len(similarities) and similarities[-1] < min_score
+            if len(hits) >= k or ranking.exhausted or below_min:
                 break
             self.catalog.check_deadline(deadline)
             depth *= 4
         if embedding is not None:
             hits = [h if h.similarity is not None else dataclasses.replace(h, similarity=self._similarity(embedding, h.object_id))
                     for h in hits]
+        logger.debug("search took %.1f ms", (time.perf_counter() - started) * 1e3)
         return hits
 
     def _similarity(self, embedding: np.ndarray, object_id: int) -> float | None:
