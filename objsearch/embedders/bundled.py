@@ -77,6 +77,14 @@ def with_article(phrase: str) -> str:
     return ("an " if phrase[:1].lower() in "aeiou" else "a ") + phrase
 
 
+def _crop_slices(box_norm, height: int, width: int) -> tuple[slice, slice]:
+    """(rows, columns) of the pixels of a normalised xyxy box, at least one of each."""
+    x1, y1, x2, y2 = box_norm
+    rows = slice(int(y1 * height), max(int(np.ceil(y2 * height)), int(y1 * height) + 1))
+    cols = slice(int(x1 * width), max(int(np.ceil(x2 * width)), int(x1 * width) + 1))
+    return rows, cols
+
+
 def _normalise(rows: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(rows, axis=-1, keepdims=True)
     return (rows / np.maximum(norms, 1e-12)).astype(np.float32)
@@ -123,21 +131,21 @@ class BundledEmbedder:
         size = np.array([width, height, width, height], np.float32)
         boxes_norm = np.asarray(boxes_xyxy, dtype=np.float32).reshape(-1, 4) / size
         ious = box_iou(boxes_norm, out.boxes_norm) if len(out.labels) else np.zeros((len(boxes_norm), 0))
-        labels, scores, classified = [], [], []
+        labels, scores, fine = [], [], []
         for i, row in enumerate(ious):
             if row.size and row.max() >= 0.5:
                 match = int(row.argmax())
                 boxes_norm[i] = out.boxes_norm[match]
                 labels.append(out.labels[match])
                 scores.append(float(out.scores[match]))
-                classified.append(False)
+                fine.append(self._classify_crop(image, boxes_norm[i]))
             else:
                 label, prob, _ = self.classifier.across_scales(image, boxes_norm[i] * size, SUBJECT_SCALES)
                 labels.append(label)
                 scores.append(prob)
-                classified.append(True)
+                fine.append((label, prob))
         scene = self.classifier.top1(image) if PERSON in labels else None
-        return self._embed_boxes(image, out.features, boxes_norm, labels, scores, classified, scene).embeddings
+        return self._embed_boxes(image, out.features, boxes_norm, labels, scores, fine, scene).embeddings
 
     # -- internals -----------------------------------------------------------------------------
     def _detect_one(self, image, out) -> Detections:
@@ -148,14 +156,14 @@ class BundledEmbedder:
         size = np.array([width, height, width, height], np.float32)
         boxes_norm, labels = out.boxes_norm, list(out.labels)
         scores = [float(v) for v in out.scores]
-        classified = [False] * len(labels)  # whether an object's label is the classifier's
+        fine = [self._classify_crop(image, box) for box in boxes_norm]  # the classifier's (label, probability) of each
 
-        def add(box_norm: np.ndarray, label: str, score: float) -> None:
+        def add(box_norm: np.ndarray, label: str, score: float) -> None:  # an object the classifier named
             nonlocal boxes_norm
             boxes_norm = np.concatenate([boxes_norm, box_norm[None].astype(np.float32)])
             labels.append(label)
             scores.append(score)
-            classified.append(True)
+            fine.append((label, score))
 
         if not len(labels) or box_area(boxes_norm).max() < SUBJECT_SEARCH_MAX_AREA:
             subject = subject_box(image)
@@ -166,50 +174,45 @@ class BundledEmbedder:
         scene_label, scene_prob = self.classifier.top1(image)
         whole = np.array([0.0, 0.0, 1.0, 1.0], np.float32)
         covered = len(labels) and box_iou(whole, boxes_norm).max() >= SCENE_MAX_IOU
-        scene_at = None
-        if scene_prob >= SCENE_MIN_PROB and not covered:
-            scene_at = len(labels)
+        # an object already says what the photo shows, with its own box
+        named = {label.lower() for label in labels} | {name.lower() for name, prob in fine if prob >= CLASSIFIER_MIN_PROB}
+        if scene_prob >= SCENE_MIN_PROB and not covered and scene_label.lower() not in named:
             add(whole, scene_label, scene_prob)
-        described = self._embed_boxes(image, out.features, boxes_norm, labels, scores, classified, (scene_label, scene_prob))
-        keep = list(range(len(labels)))
-        if scene_at is not None:
-            named = {labels[i].lower() for i in keep if i != scene_at}
-            named |= {fine.lower() for i, (fine, prob) in enumerate(described.fine) if i != scene_at and prob >= CLASSIFIER_MIN_PROB}
-            if scene_label.lower() in named:  # an object already says what the photo shows, with its own box
-                keep.remove(scene_at)
+        described = self._embed_boxes(image, out.features, boxes_norm, labels, scores, fine, (scene_label, scene_prob))
         return Detections(
-            boxes_xyxy=boxes_norm[keep] * size,
-            scores=np.asarray([scores[i] for i in keep], np.float32),
-            labels=[labels[i] for i in keep],
-            embeddings=described.embeddings[keep],
-            captions=[described.captions[i] for i in keep],
-            masks=[rle(described.masks[i]) for i in keep],
+            boxes_xyxy=boxes_norm * size,
+            scores=np.asarray(scores, np.float32),
+            labels=labels,
+            embeddings=described.embeddings,
+            captions=described.captions,
+            masks=[rle(mask) for mask in described.masks],
         )
 
-    def _embed_boxes(self, image, features, boxes_norm, labels: list[str], scores: list[float], classified: list[bool],
+    def _classify_crop(self, image: np.ndarray, box_norm: np.ndarray) -> tuple[str, float]:
+        """The classifier's top-1 (label, probability) for the crop of a normalised box."""
+        return self.classifier.top1(image[_crop_slices(box_norm, *image.shape[:2])])
+
+    def _embed_boxes(self, image, features, boxes_norm, labels: list[str], scores: list[float], fine: list[tuple[str, float]],
                      scene: tuple[str, float] | None) -> "Described":
         """Describe and embed each of the (N, 4) normalised boxes. ``scores``: the confidence in each
-        box's label, in [0, 1]; ``classified``: whether that label is already the classifier's (then
-        its crop is not classified again); ``scene``: the classifier's (label, probability) for the
-        whole photo, or None."""
+        box's label, in [0, 1]; ``fine``: the classifier's (label, probability) for each box (for an
+        object it named, that label); ``scene``: its (label, probability) for the whole photo, or None."""
         height, width = image.shape[:2]
-        phrases, phrase_weights, captions, fine, hists, masks = [], [], [], [], [], []
-        for (x1, y1, x2, y2), label, score, is_classified in zip(boxes_norm, labels, scores, classified):
-            rows = slice(int(y1 * height), max(int(np.ceil(y2 * height)), int(y1 * height) + 1))
-            cols = slice(int(x1 * width), max(int(np.ceil(x2 * width)), int(x1 * width) + 1))
+        phrases, phrase_weights, captions, hists, masks = [], [], [], [], []
+        for box_norm, label, score, (fine_label, fine_prob) in zip(boxes_norm, labels, scores, fine):
+            rows, cols = _crop_slices(box_norm, height, width)
             crop = image[rows, cols]
+            x1, y1, x2, y2 = box_norm
             mask = grabcut_mask(image, (x1 * width, y1 * height, x2 * width, y2 * height))
             masks.append(mask)
-            fine_label, fine_prob = (label, score) if is_classified else self.classifier.top1(crop)
             colour = dominant_colour(*_colour_pixels(crop, mask[rows, cols], label))
             description = describe(label, colour, fine_label, fine_prob, float(score), scene)
             phrases.append(description.phrases)
             phrase_weights.append(description.weights)
             captions.append(description.caption)
-            fine.append((fine_label, fine_prob))
             hists.append(colour_histogram(crop, mask[rows, cols]))
         if not labels:
-            return Described(np.zeros((0, self.embed_dim), np.float32), [], [], [])
+            return Described(np.zeros((0, self.embed_dim), np.float32), [], [])
         encoded = self.text.encode([phrase for own in phrases for phrase in own])
         ends = np.cumsum([len(own) for own in phrases])
         text_part = _normalise(np.stack([np.asarray(weights, np.float32) @ encoded[end - len(weights):end]
@@ -221,17 +224,15 @@ class BundledEmbedder:
         )
         text_share = TEXT_SHARE * (1 - CONFIDENCE_PULL * (1 - np.clip(np.asarray(scores, np.float32), 0, 1)))[:, None]
         embeddings = np.concatenate([np.sqrt(text_share) * text_part, np.sqrt(1 - text_share) * appearance], axis=1)
-        return Described(_normalise(embeddings), captions, fine, masks)
+        return Described(_normalise(embeddings), captions, masks)
 
 
 @dataclass(frozen=True)
 class Described:
-    """N described boxes: (N, embed_dim) embeddings; each box's caption, the classifier's
-    (label, probability) for it, and (H, W) bool mask."""
+    """N described boxes: (N, embed_dim) embeddings; each box's caption and (H, W) bool mask."""
 
     embeddings: np.ndarray
     captions: list[str]
-    fine: list[tuple[str, float]]
     masks: list[np.ndarray]
 
 
